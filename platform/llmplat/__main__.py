@@ -1,0 +1,5 @@
+import sys
+
+from llmplat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The authentication contract between the gateway and any key store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+PriorityClass = Literal["interactive", "batch"]
+
+VLLM_PRIORITY: dict[PriorityClass, int] = {"interactive": 0, "batch": 10}
+"""vLLM's priority scheduler serves lower numbers first."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. Never carries the secret."""
+
+    team: str
+    key_id: str
+    models: frozenset[str] | None = None
+    """Models the team may use; None means all."""
+    priority_class: PriorityClass = "interactive"
+    max_tokens_cap: int | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def vllm_priority(self) -> int:
+        return VLLM_PRIORITY[self.priority_class]
+
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
+
+class Authenticator(Protocol):
+    """Turns the Authorization header into a Principal or raises an APIError (401)."""
+
+    async def authenticate(self, authorization: str | None) -> Principal: ...
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

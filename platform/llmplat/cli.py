@@ -1,0 +1,101 @@
+"""`llmplat …`: serve the platform, build the embedded model."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from llmplat.settings import Settings
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress(msg: str) -> None:
+    _err(f"llmplat: {msg}")
+
+
+def cmd_model_build_tiny(args: argparse.Namespace, settings: Settings) -> int:
+    from llmplat.models.tiny import build_tiny_model, ensure_tiny_model
+
+    if args.out:
+        path = build_tiny_model(Path(args.out), progress=_progress)
+    else:
+        path = ensure_tiny_model(settings.models_dir, progress=_progress)
+    print(path)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from llmplat.config.loader import ConfigError, load_platform
+    from llmplat.engine.llm_config import ModelSourceError
+    from llmplat.runtime import PlatformStartError, start_platform
+    from llmplat.serving.builder import build_application, build_models
+
+    if args.config:
+        settings = settings.model_copy(update={"config": Path(args.config)})
+    if args.port:
+        settings = settings.model_copy(update={"port": args.port})
+    settings = settings.with_dev_key()
+    try:
+        platform = load_platform(settings.resolved_config(), settings.config_dir)
+        models = build_models(platform, settings, progress=_progress)
+    except (ConfigError, ModelSourceError) as exc:
+        _err(f"llmplat: {exc}")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        running = start_platform(
+            settings, build_application(models, settings), progress=_progress
+        )
+    except PlatformStartError as exc:
+        _err(f"llmplat: failed to start: {exc}")
+        return 1
+    key = settings.dev_api_key.get_secret_value() if settings.dev_api_key else ""
+    names = ", ".join(m.model_id for m in models)
+    print(f"llmplat is serving {names} at {running.url}/v1", flush=True)
+    print(f"  OPENAI_BASE_URL={running.url}/v1", flush=True)
+    if key:
+        print(f"  OPENAI_API_KEY={key}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        stop.wait()
+    finally:
+        _progress("shutting down")
+        running.shutdown()
+        _progress("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmplat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the configured models on local Ray")
+    serve.add_argument("--config", help="platform config YAML (default configs/local.yaml)")
+    serve.add_argument("--port", type=int, help="HTTP port (default LLMPLAT_PORT or 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    model = sub.add_parser("model", help="models llmplat builds itself")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    tiny = model_sub.add_parser(
+        "build-tiny", help="build the embedded tiny Mixtral-architecture model offline"
+    )
+    tiny.add_argument("--out", help="output directory (default: $LLMPLAT_HOME/models)")
+    tiny.set_defaults(func=cmd_model_build_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args, Settings()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

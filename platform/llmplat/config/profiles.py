@@ -1,0 +1,192 @@
+"""Typed model profiles: one YAML file in ``configs/models/`` per model and hardware layout.
+
+A profile says what to serve (weights, served name), how vLLM runs it (parallelism, context,
+batching, caching, dtype) and how Ray Serve places and scales it. The same profile drives
+``llmplat serve`` locally and the Helm chart's RayService.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BUILTIN_PREFIX = "builtin:"
+"""A ``source`` starting with this names a model llmplat builds offline (``builtin:tiny-mixtral``)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSpec(_Strict):
+    """vLLM engine arguments that llmplat manages. Anything else goes in ``extra``."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weight and activation dtype."
+    )
+    quantization: Literal["fp8", "awq", "gptq", "compressed-tensors"] | None = Field(
+        None, description="Weight quantization; fp8 halves Mixtral 8x22B's weight memory."
+    )
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        "auto", description="KV-cache dtype; 'auto' follows dtype."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs each layer is split over.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Stages the layers are split into.")
+    enable_expert_parallel: bool = Field(
+        False, description="Shard MoE experts over the TP group instead of splitting each expert."
+    )
+    max_model_len: int = Field(..., ge=16, description="Context length (prompt + completion).")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences batched together (continuous).")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=16, description="Tokens per scheduler step; vLLM picks one when unset."
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prefixes.")
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        "priority", description="'priority' lets team priority classes order the queue."
+    )
+    enforce_eager: bool = Field(
+        False, description="Skip graph compilation: faster start, slower decode."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Share of each GPU's memory vLLM may use."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Further vLLM engine kwargs, passed through unchanged."
+    )
+
+    @model_validator(mode="after")
+    def _extra_does_not_shadow(self) -> EngineSpec:
+        managed = set(type(self).model_fields) - {"extra"}
+        clash = sorted(managed & set(self.extra))
+        if clash:
+            raise ValueError(f"extra must not repeat managed fields: {', '.join(clash)}")
+        return self
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+class AcceleratorSpec(_Strict):
+    """Where the engine runs."""
+
+    kind: Literal["cpu", "gpu"] = Field("gpu", description="cpu runs vLLM-CPU; gpu needs CUDA.")
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type label, e.g. 'H100' or 'L40S' (GPU only)."
+    )
+    kv_cache_space_gib: int = Field(
+        2, ge=1, description="KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE); ignored on GPU."
+    )
+    cpus_per_worker: float = Field(
+        1, ge=0, description="CPUs reserved in each placement-group bundle."
+    )
+
+    @model_validator(mode="after")
+    def _cpu_has_no_accelerator_type(self) -> AcceleratorSpec:
+        if self.kind == "cpu" and self.accelerator_type:
+            raise ValueError("accelerator_type applies to kind 'gpu' only")
+        return self
+
+
+class PlacementSpec(_Strict):
+    """The Ray placement group of one replica (one vLLM engine)."""
+
+    strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="STRICT_PACK keeps a TP group on one node; PACK lets PP stages span nodes.",
+    )
+
+
+class AutoscalingSpec(_Strict):
+    """Ray Serve replica autoscaling of the model deployment (data parallelism)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: int = Field(
+        32, ge=1, description="Requests per replica the autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class ServingSpec(_Strict):
+    """Ray Serve options of the model deployment."""
+
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one replica accepts before Serve queues them."
+    )
+    stream_batching_interval_ms: float = Field(
+        10.0,
+        ge=0,
+        description="How long LLMServer gathers stream chunks into one message to the gateway. "
+        "Larger saves CPU per token; smaller lowers time to first token.",
+    )
+
+
+class HardwareSpec(_Strict):
+    """The fleet a profile was laid out for (informational; the planner checks it)."""
+
+    gpu: str | None = Field(None, description="GPU type, e.g. 'h100-80gb'.")
+    gpus_per_node: int | None = Field(None, ge=1)
+    nodes: int | None = Field(None, ge=1)
+
+
+class ModelProfile(_Strict):
+    """One servable model with its engine and serving layout."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Profile name.")
+    model_id: str = Field(
+        ..., min_length=1, description="Name clients pass as `model` in requests."
+    )
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="Local path or volume with HF-format weights, or 'builtin:tiny-mixtral'.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer path when not with the weights.")
+    description: str = ""
+    accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec)
+    engine: EngineSpec
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelProfile:
+        eng = self.engine
+        if self.accelerator.kind == "cpu":
+            if eng.pipeline_parallel_size > 1:
+                raise ValueError("pipeline parallelism needs kind 'gpu' (vLLM-CPU runs PP=1)")
+            if eng.enable_expert_parallel:
+                raise ValueError(
+                    "enable_expert_parallel needs kind 'gpu' (it crashes vLLM-CPU); "
+                    "plan and validate it here, run it on GPUs"
+                )
+            if eng.quantization == "fp8":
+                raise ValueError("fp8 quantization needs kind 'gpu'")
+        if eng.enable_expert_parallel and eng.tensor_parallel_size < 2:
+            raise ValueError("enable_expert_parallel needs tensor_parallel_size >= 2")
+        hw = self.hardware
+        if hw.gpus_per_node and eng.tensor_parallel_size > hw.gpus_per_node:
+            raise ValueError(
+                f"tensor_parallel_size {eng.tensor_parallel_size} exceeds gpus_per_node "
+                f"{hw.gpus_per_node}: a TP group must stay inside one node"
+            )
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source.startswith(BUILTIN_PREFIX)

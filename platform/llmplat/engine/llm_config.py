@@ -1,0 +1,148 @@
+"""Model profile → ``ray.serve.llm.LLMConfig``: the one translation into Ray Serve and vLLM."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.serve.llm import LLMConfig
+
+from llmplat.config.profiles import BUILTIN_PREFIX, ModelProfile
+from llmplat.settings import Settings
+
+BUILTIN_MODELS = ("tiny-mixtral",)
+
+
+class ModelSourceError(ValueError):
+    """The weights a profile names cannot be found."""
+
+
+def resolve_model_source(
+    profile: ModelProfile,
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+    *,
+    check_local: bool = True,
+) -> str:
+    """Local path of the profile's weights, building a builtin model on first use."""
+    if profile.is_builtin:
+        name = profile.source.removeprefix(BUILTIN_PREFIX)
+        if name != "tiny-mixtral":
+            raise ModelSourceError(
+                f"profile {profile.name!r}: unknown builtin model {name!r}; "
+                f"known: {', '.join(BUILTIN_MODELS)}"
+            )
+        from llmplat.models.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(settings.models_dir, progress=progress))
+    path = Path(profile.source).expanduser()
+    if check_local and not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"profile {profile.name!r}: no Hugging Face checkpoint at {path} "
+            "(config.json missing); mount the weights there or change `source`"
+        )
+    return str(path)
+
+
+def engine_kwargs(profile: ModelProfile) -> dict[str, Any]:
+    """The vLLM engine arguments a profile stands for."""
+    eng = profile.engine
+    kwargs: dict[str, Any] = {
+        "dtype": eng.dtype,
+        "tensor_parallel_size": eng.tensor_parallel_size,
+        "pipeline_parallel_size": eng.pipeline_parallel_size,
+        "enable_expert_parallel": eng.enable_expert_parallel,
+        "max_model_len": eng.max_model_len,
+        "max_num_seqs": eng.max_num_seqs,
+        "enable_prefix_caching": eng.enable_prefix_caching,
+        "scheduling_policy": eng.scheduling_policy,
+        "enforce_eager": eng.enforce_eager,
+        "kv_cache_dtype": eng.kv_cache_dtype,
+    }
+    if eng.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = eng.max_num_batched_tokens
+    if eng.quantization is not None:
+        kwargs["quantization"] = eng.quantization
+    if profile.accelerator.kind == "gpu":
+        kwargs["gpu_memory_utilization"] = eng.gpu_memory_utilization
+    if profile.tokenizer:
+        kwargs["tokenizer"] = profile.tokenizer
+    kwargs.update(eng.extra)
+    return kwargs
+
+
+def cpu_engine_env(profile: ModelProfile, settings: Settings) -> dict[str, str]:
+    """Environment of a vLLM-CPU engine: thread binding, KV-cache size, offline caches."""
+    bind = settings.cpu.omp_threads_bind
+    if bind == "auto":
+        bind = f"0-{max((os.cpu_count() or 1) - 1, 0)}"
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(profile.accelerator.kv_cache_space_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": bind,
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": str(settings.cpu.reserved_cpus),
+    }
+
+
+def offline_env(settings: Settings) -> dict[str, str]:
+    """Keep every cache under the platform's home and never reach a model hub."""
+    cache = settings.cache_dir
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(cache / "huggingface"),
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def deployment_config(profile: ModelProfile) -> dict[str, Any]:
+    serving = profile.serving
+    auto = serving.autoscaling
+    autoscaling: dict[str, Any] = {
+        "min_replicas": auto.min_replicas,
+        "max_replicas": auto.max_replicas,
+        "target_ongoing_requests": auto.target_ongoing_requests,
+    }
+    if auto.initial_replicas is not None:
+        autoscaling["initial_replicas"] = auto.initial_replicas
+    # On CPU the replica actor must not hold a core of its own, or it never
+    # schedules next to the engine on a small host.
+    replica_cpus = 0 if profile.accelerator.kind == "cpu" else 1
+    return {
+        "autoscaling_config": autoscaling,
+        "max_ongoing_requests": serving.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": replica_cpus},
+    }
+
+
+def placement_group_config(profile: ModelProfile) -> dict[str, Any]:
+    bundle: dict[str, float] = {"CPU": profile.accelerator.cpus_per_worker}
+    if profile.accelerator.kind == "gpu":
+        bundle["GPU"] = 1
+    elif bundle["CPU"] == 0:
+        bundle["CPU"] = 0.001  # Ray rejects an all-zero bundle
+    return {"bundle_per_worker": bundle, "strategy": profile.serving.placement.strategy}
+
+
+def build_llm_config(profile: ModelProfile, settings: Settings, model_path: str) -> LLMConfig:
+    """The ``LLMConfig`` of one model deployment (one replica = one engine = one PG)."""
+    env = offline_env(settings)
+    if profile.accelerator.kind == "cpu":
+        env |= cpu_engine_env(profile, settings)
+    return LLMConfig(
+        model_loading_config={"model_id": profile.model_id, "model_source": model_path},
+        engine_kwargs=engine_kwargs(profile),
+        accelerator_type=profile.accelerator.accelerator_type,
+        accelerator_config={"kind": profile.accelerator.kind},
+        placement_group_config=placement_group_config(profile),
+        deployment_config=deployment_config(profile),
+        runtime_env={"env_vars": env},
+        experimental_configs={
+            "stream_batching_interval_ms": profile.serving.stream_batching_interval_ms
+        },
+        log_engine_metrics=True,
+    )

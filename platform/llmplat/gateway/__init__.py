@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP surface: routes, validation, streaming, errors."""

@@ -1,0 +1,257 @@
+"""The gateway's FastAPI app: OpenAI routes, health, and the request pipeline.
+
+Per generation request: authenticate → validate (model, body) → admit (team quotas plug
+in here) → forward through the model's handle with the team's priority → stream back,
+learn usage, record the outcome once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmplat.auth.base import Principal
+from llmplat.engine.protocol import ErrorResponse
+from llmplat.gateway.backends import Method
+from llmplat.gateway.errors import (
+    APIError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    UpstreamError,
+    error_response,
+    from_engine_error,
+)
+from llmplat.gateway.requests import (
+    ParsedRequest,
+    parse_chat,
+    parse_completion,
+    read_json_body,
+    requested_model,
+)
+from llmplat.gateway.state import GatewayModel, GatewayState, RequestRecord
+from llmplat.gateway.streaming import StreamOutcome, Usage, relay_stream
+
+log = logging.getLogger(__name__)
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def create_app(state: GatewayState) -> FastAPI:
+    """Build the ASGI app of one gateway replica."""
+    app = FastAPI(title="llmplat", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = state
+    _install_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        results = await asyncio.gather(
+            *(_model_ready(state, m.model_id) for m in state.config.models)
+        )
+        models = dict(zip([m.model_id for m in state.config.models], results, strict=True))
+        ready = all(v == "ready" for v in models.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "models": models},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        principal = await _authenticate(state, request)
+        cards = [_card(m) for m in state.config.models if principal.may_use(m.model_id)]
+        return {"object": "list", "data": cards}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        principal = await _authenticate(state, request)
+        model = state.model(model_id)
+        if model is None or not principal.may_use(model_id):
+            raise _unknown_model(model_id)
+        return _card(model)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await _generate(state, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(state, request, "completions")
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = NotFound if exc.status_code == 404 else InvalidRequest
+        err = kind(str(exc.detail), status=exc.status_code)
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(APIError("Internal server error; the request was not served."))
+
+
+def _card(model: GatewayModel) -> dict[str, Any]:
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "llmplat",
+        "max_model_len": model.max_model_len,
+    }
+
+
+def _unknown_model(model_id: str) -> NotFound:
+    return NotFound(
+        f"The model '{model_id}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def _authenticate(state: GatewayState, request: Request) -> Principal:
+    return await state.authenticator.authenticate(request.headers.get("authorization"))
+
+
+async def _model_ready(state: GatewayState, model_id: str) -> str:
+    try:
+        await asyncio.wait_for(
+            state.backends[model_id].check_health(), state.config.ready_timeout_s
+        )
+        return "ready"
+    except TimeoutError:
+        return "not answering"
+    except Exception as exc:  # readiness reports, it does not raise
+        return f"unhealthy: {type(exc).__name__}"
+
+
+def _validate(
+    state: GatewayState, principal: Principal, body: dict[str, Any], method: Method
+) -> tuple[GatewayModel, ParsedRequest]:
+    model_id = requested_model(body)
+    model = state.model(model_id)
+    if model is None:
+        raise _unknown_model(model_id)
+    if not principal.may_use(model_id):
+        raise PermissionDenied(
+            f"Team '{principal.team}' may not use model '{model_id}'.",
+            param="model",
+            code="model_not_allowed",
+        )
+    if method == "chat":
+        parsed = parse_chat(body)
+    else:
+        parsed = parse_completion(body, state.fim.get(model_id), model_id)
+    req = parsed.request
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if max_tokens is not None and max_tokens > model.max_model_len:
+        raise InvalidRequest(
+            f"'max_tokens' is {max_tokens}, but model '{model_id}' has a context of "
+            f"{model.max_model_len} tokens (prompt and completion together).",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    cap = principal.max_tokens_cap
+    if cap is not None and max_tokens is not None and max_tokens > cap:
+        raise InvalidRequest(
+            f"'max_tokens' is {max_tokens}; team '{principal.team}' may ask for at most {cap}.",
+            param="max_tokens",
+        )
+    req.priority = principal.vllm_priority
+    return model, parsed
+
+
+async def _generate(state: GatewayState, request: Request, method: Method) -> Response:
+    started = state.clock()
+    principal = await _authenticate(state, request)
+    body = await read_json_body(request, state.config.max_request_bytes)
+    model, parsed = _validate(state, principal, body, method)
+    record = RequestRecord(
+        team=principal.team,
+        key_id=principal.key_id,
+        model=model.model_id,
+        endpoint=method,
+        stream=parsed.stream,
+        status=200,
+        started=started,
+    )
+    request_id = uuid.uuid4().hex
+    headers = {"x-request-id": request_id}
+    call = state.backends[model.model_id].call(method, parsed.request)
+    upstream = call.__aiter__()
+    try:
+        first = await asyncio.wait_for(upstream.__anext__(), state.config.request_timeout_s)
+    except APIError:
+        raise
+    except (StopAsyncIteration, TimeoutError, Exception) as exc:
+        call.cancel()
+        err = UpstreamError(
+            "The model failed before answering; retry the request.", code="engine_error"
+        )
+        if isinstance(exc, TimeoutError):
+            err = UpstreamError("The model did not answer in time.", status=504, code="timeout")
+        log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
+        _finish(state, record, err.status, error=f"{type(exc).__name__}: {exc}")
+        raise err from exc
+
+    head = first[0] if isinstance(first, list) and first else first
+    if isinstance(head, ErrorResponse):
+        err = from_engine_error(head.error.message, head.error.code, head.error.param)
+        _finish(state, record, err.status, error=err.message)
+        raise err
+
+    if not parsed.stream:
+        usage = getattr(first, "usage", None)
+        record.usage = Usage(usage.prompt_tokens, usage.completion_tokens or 0) if usage else None
+        _finish(state, record, 200)
+        return JSONResponse(first.model_dump(), headers=headers)
+
+    outcome = StreamOutcome()
+
+    async def body_iter() -> Any:
+        try:
+            async for text in relay_stream(
+                call,
+                first,
+                upstream,
+                client_wants_usage=parsed.client_wants_usage,
+                outcome=outcome,
+                clock=state.clock,
+            ):
+                yield text
+        finally:
+            record.usage = outcome.usage
+            if outcome.first_chunk_at is not None:
+                record.first_token_s = outcome.first_chunk_at - started
+            status = 200 if outcome.finished else (499 if outcome.error == "client disconnected" else 502)
+            _finish(state, record, status, error=outcome.error)
+
+    return StreamingResponse(
+        body_iter(), media_type="text/event-stream", headers=headers | _SSE_HEADERS
+    )
+
+
+def _finish(state: GatewayState, record: RequestRecord, status: int, error: str | None = None) -> None:
+    record.status = status
+    record.error = error
+    record.ended = state.clock()
+    try:
+        state.on_finish(record)
+    except Exception:  # recording must never break serving
+        log.exception("on_finish hook failed")

@@ -1,0 +1,85 @@
+"""How the gateway reaches a model: a Serve DeploymentHandle, or an in-process engine.
+
+Both yield what LLMServer yields: for a stream, lists of ``data: …`` strings (LLMServer
+batches chunks every ``stream_batching_interval_ms``) possibly with ``ErrorResponse``
+objects; otherwise one response object or ``ErrorResponse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+from llmplat.engine.protocol import GenerationRequest, LLMEngine
+
+Method = Literal["chat", "completions"]
+
+
+class UpstreamCall(Protocol):
+    """One request in flight to a model; iterate it, or cancel it."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def cancel(self) -> None: ...
+
+
+class ModelBackend(Protocol):
+    def call(self, method: Method, request: GenerationRequest) -> UpstreamCall: ...
+
+    async def check_health(self) -> None: ...
+
+
+class _HandleCall:
+    def __init__(self, response_gen: Any) -> None:
+        self._gen = response_gen
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._gen.__aiter__()
+
+    def cancel(self) -> None:
+        self._gen.cancel()
+
+
+class ServeBackend:
+    """Calls an LLMServer deployment through its DeploymentHandle (no second HTTP hop)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle.options(stream=True)
+        self._health = handle.options(stream=False)
+
+    def call(self, method: Method, request: GenerationRequest) -> UpstreamCall:
+        return _HandleCall(getattr(self._handle, method).remote(request, None))
+
+    async def check_health(self) -> None:
+        await self._health.check_health.remote()
+
+
+class _EngineCall:
+    def __init__(self, engine: LLMEngine, method: Method, request: GenerationRequest) -> None:
+        self._agen = getattr(engine, method)(request, None)
+        self._stream = bool(request.stream)
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        async for item in self._agen:
+            # Mimic LLMServer: stream chunks arrive in lists.
+            yield [item] if self._stream else item
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    def cancel(self) -> None:
+        asyncio.ensure_future(self._agen.aclose())
+
+
+class EngineBackend:
+    """Runs an engine in the gateway's own process: unit tests with the fake engine."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+
+    def call(self, method: Method, request: GenerationRequest) -> UpstreamCall:
+        return _EngineCall(self.engine, method, request)
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()

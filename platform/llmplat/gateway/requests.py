@@ -1,0 +1,139 @@
+"""Read, parse and validate an OpenAI request body into the engine's request model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect, Request
+
+from llmplat.engine.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from llmplat.gateway.errors import InvalidRequest, PayloadTooLarge
+from llmplat.gateway.fim import FimEncoder
+
+
+async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, refusing oversize bodies before reading them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(size, max_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise InvalidRequest("The client closed the connection while sending the body.") from exc
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}. "
+            "The body must be a JSON object."
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, not {type(data).__name__}."
+        )
+    return data
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is {size} bytes, over this server's limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+def requested_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    return model
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"] if p not in ("body",)]
+    param = ".".join(loc) or None
+    msg = first["msg"].removeprefix("Value error, ")
+    where = f"'{param}': " if param else ""
+    extra = f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return InvalidRequest(f"Invalid request: {where}{msg}{extra}", param=param)
+
+
+@dataclass
+class ParsedRequest:
+    """A validated engine request plus what the client asked of the response."""
+
+    request: GenerationRequest
+    stream: bool
+    client_wants_usage: bool
+
+
+def _prepare_stream_usage(body: dict[str, Any]) -> bool:
+    """Always ask the engine for a usage chunk; report whether the client wanted it."""
+    if not body.get("stream"):
+        return False
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    wants = bool((opts or {}).get("include_usage"))
+    body["stream_options"] = {**(opts or {}), "include_usage": True}
+    return wants
+
+
+def parse_chat(body: dict[str, Any]) -> ParsedRequest:
+    wants = _prepare_stream_usage(body)
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
+    if not req.messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    return ParsedRequest(req, bool(req.stream), wants)
+
+
+def parse_completion(body: dict[str, Any], fim: FimEncoder | None, model: str) -> ParsedRequest:
+    suffix = body.pop("suffix", None)
+    if suffix is not None:
+        _apply_fim(body, suffix, fim, model)
+    wants = _prepare_stream_usage(body)
+    try:
+        req = CompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
+    return ParsedRequest(req, bool(req.stream), wants)
+
+
+def _apply_fim(body: dict[str, Any], suffix: Any, fim: FimEncoder | None, model: str) -> None:
+    if not isinstance(suffix, str):
+        raise InvalidRequest("'suffix' must be a string.", param="suffix")
+    if fim is None:
+        raise InvalidRequest(
+            f"Model '{model}' does not support fill-in-the-middle: its tokenizer has no "
+            "[SUFFIX]/[PREFIX] control tokens. Send the request without 'suffix'.",
+            param="suffix",
+            code="fim_not_supported",
+        )
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest(
+            "With 'suffix', 'prompt' must be one string (the code before the cursor).",
+            param="prompt",
+        )
+    if body.get("echo"):
+        raise InvalidRequest("'echo' cannot be combined with 'suffix'.", param="echo")
+    body["prompt"] = fim.encode(prompt, suffix)

@@ -1,0 +1,113 @@
+"""Start and stop a platform on a local (or given) Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmplat.settings import Settings
+
+# Serve/Ray tuning for a gateway → engine path (see README, Benchmarks).
+RAY_ENV_DEFAULTS = {
+    "RAY_SERVE_ENABLE_TASK_EVENTS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+class PlatformStartError(RuntimeError):
+    """The platform did not become ready; the message says why."""
+
+
+@dataclass
+class RunningPlatform:
+    url: str
+    settings: Settings
+
+    def shutdown(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def start_platform(
+    settings: Settings,
+    application: object,
+    *,
+    ready_timeout_s: float = 900.0,
+    progress: Callable[[str], None] | None = None,
+) -> RunningPlatform:
+    """Start Ray and Serve, deploy ``application``, and wait until /readyz answers 200."""
+    import ray
+    from ray import serve
+
+    say = progress or (lambda _msg: None)
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
+    say("starting Ray")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, logging_level="WARNING")
+    else:
+        ray.init(
+            num_cpus=settings.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _temp_dir=str(settings.ray_temp_dir),
+            logging_level="WARNING",
+            log_to_driver=settings.log_level == "DEBUG",
+        )
+    url = f"http://{settings.host}:{settings.port}"
+    running = RunningPlatform(url=url, settings=settings)
+    try:
+        serve.start(
+            http_options={"host": settings.host, "port": settings.port},
+            # Access logs cost CPU on every request; the gateway records each one itself.
+            logging_config={"enable_access_log": False, "log_level": settings.log_level},
+        )
+        say("deploying gateway and models")
+        serve.run(application, name="llmplat", route_prefix="/", blocking=False)
+        _wait_ready(url, ready_timeout_s, say)
+    except BaseException:
+        running.shutdown()
+        raise
+    return running
+
+
+def _deploy_failure() -> str | None:
+    from ray import serve
+
+    status = serve.status().applications.get("llmplat")
+    if status is None:
+        return None
+    for name, dep in status.deployments.items():
+        if str(dep.status).endswith("DEPLOY_FAILED") or str(dep.status).endswith("UNHEALTHY"):
+            return f"deployment {name} failed: {dep.message}"
+    return None
+
+
+def _wait_ready(url: str, timeout_s: float, say: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_note = 0.0
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError, TimeoutError):
+            pass
+        failure = _deploy_failure()
+        if failure:
+            raise PlatformStartError(failure)
+        if time.monotonic() - last_note > 15:
+            say("waiting for the engines to load")
+            last_note = time.monotonic()
+        time.sleep(1.0)
+    raise PlatformStartError(f"not ready after {timeout_s:.0f} s ({url}/readyz)")

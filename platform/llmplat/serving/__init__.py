@@ -1,0 +1,1 @@
+"""Ray Serve: the Gateway ingress deployment and the application builder."""

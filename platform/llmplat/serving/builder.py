@@ -1,0 +1,78 @@
+"""Build the Serve application: one LLMServer deployment per model, the Gateway in front."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from llmplat.config.loader import LoadedPlatform
+from llmplat.engine.llm_config import build_llm_config, resolve_model_source
+from llmplat.gateway.state import GatewayConfig, GatewayModel
+from llmplat.serving.gateway_deployment import Gateway
+from llmplat.settings import Settings
+
+APP_NAME = "llmplat"
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    model_id: str
+    model_path: str
+    llm_config: LLMConfig
+
+
+def build_models(
+    platform: LoadedPlatform,
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+) -> list[BuiltModel]:
+    """Resolve every profile's weights (building the builtin model if needed)."""
+    out = []
+    for profile in platform.profiles:
+        path = resolve_model_source(profile, settings, progress)
+        out.append(BuiltModel(profile.model_id, path, build_llm_config(profile, settings, path)))
+    return out
+
+
+def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfig:
+    gw = settings.gateway
+    return GatewayConfig(
+        models=tuple(
+            GatewayModel(
+                model_id=m.model_id,
+                max_model_len=int(m.llm_config.engine_kwargs["max_model_len"]),
+                model_dir=m.model_path,
+            )
+            for m in models
+        ),
+        dev_api_key=settings.dev_api_key,
+        max_request_bytes=gw.max_request_bytes,
+        request_timeout_s=gw.request_timeout_s,
+        ready_timeout_s=gw.ready_timeout_s,
+    )
+
+
+def build_application(
+    models: list[BuiltModel],
+    settings: Settings,
+    *,
+    engine_cls: type | None = None,
+) -> Application:
+    """The whole app. ``engine_cls`` swaps vLLM for another engine (the fake in tests)."""
+    bind_kwargs: dict[str, Any] = {"engine_cls": engine_cls} if engine_cls else {}
+    handles = {
+        m.model_id: build_llm_deployment(m.llm_config, bind_kwargs=bind_kwargs) for m in models
+    }
+    gateway = serve.deployment(
+        Gateway,
+        name="Gateway",
+        num_replicas=settings.gateway.replicas,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=10_000,
+    )
+    return gateway.bind(gateway_config(models, settings), handles)

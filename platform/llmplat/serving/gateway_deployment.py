@@ -1,0 +1,29 @@
+"""The Gateway ingress deployment: no engine, no GPU, cheap to replicate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from llmplat.auth.dev import DevKeyAuthenticator
+from llmplat.gateway.app import create_app
+from llmplat.gateway.backends import ServeBackend
+from llmplat.gateway.state import GatewayConfig, build_state
+
+
+@serve.ingress()
+class Gateway:
+    """Builds its FastAPI app per replica from a picklable config and model handles."""
+
+    def __init__(self, config: GatewayConfig, models: dict[str, Any]) -> None:
+        logging.getLogger("llmplat").setLevel(logging.INFO)
+        if config.dev_api_key is None:
+            raise ValueError("the gateway needs an authenticator: set LLMPLAT_DEV_API_KEY")
+        backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
+        self._state = build_state(config, DevKeyAuthenticator(config.dev_api_key), backends)
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._state)

@@ -1,0 +1,119 @@
+"""The one place that reads the environment.
+
+Every variable is prefixed ``LLMPLAT_``; nested fields use ``__`` (for example
+``LLMPLAT_GATEWAY__MAX_REQUEST_BYTES``). Build a :class:`Settings` in an app factory or
+the CLI, never at import time, and pass it down.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_KEY_PREFIX = "llmp_dev_"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "llmplat"
+
+
+def _default_config_dir() -> Path:
+    """`configs/` of the working directory, else of the source checkout this package is in."""
+    cwd_configs = Path.cwd() / "configs"
+    if (cwd_configs / "models").is_dir():
+        return cwd_configs
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+class GatewaySettings(BaseModel):
+    """Limits and tuning of the gateway ingress."""
+
+    replicas: int = Field(1, ge=1, description="Gateway replicas (no engine, no GPU each).")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="Largest request body accepted; larger is a 413."
+    )
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="Upper bound on one request, streaming included."
+    )
+    ready_timeout_s: float = Field(
+        5.0, gt=0, description="How long /readyz waits for each model to answer."
+    )
+
+
+class CpuEngineSettings(BaseModel):
+    """vLLM-CPU knobs that depend on the host rather than the model."""
+
+    omp_threads_bind: str = Field(
+        "auto", description="VLLM_CPU_OMP_THREADS_BIND: 'auto', 'all' or a core list like '0-1'."
+    )
+    reserved_cpus: int = Field(0, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU.")
+
+
+class Settings(BaseSettings):
+    """Process-wide settings of llmplat (environment variables ``LLMPLAT_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLMPLAT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Data directory: built models, Ray temp dir, compile caches, stores.",
+    )
+    config_dir: Path = Field(
+        default_factory=_default_config_dir,
+        description="Folder with models/*.yaml profiles and platform configs.",
+    )
+    config: Path | None = Field(
+        None, description="Platform config YAML; default <config_dir>/local.yaml."
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP endpoint binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP endpoint.")
+    mode: Literal["dev", "production"] = Field(
+        "dev", description="dev generates missing secrets; production requires them."
+    )
+    dev_api_key: SecretStr | None = Field(
+        None, description="The dev team's key; generated and printed when unset in dev mode."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    cpu: CpuEngineSettings = Field(default_factory=CpuEngineSettings)
+    ray_address: str | None = Field(
+        None, description="Connect to this Ray cluster instead of starting a local one."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs the local Ray node advertises (default: all)."
+    )
+
+    @model_validator(mode="after")
+    def _secrets_required_outside_dev(self) -> Settings:
+        if self.mode == "production" and self.dev_api_key is not None:
+            raise ValueError("LLMPLAT_DEV_API_KEY is a dev-mode setting; unset it in production")
+        return self
+
+    def resolved_config(self) -> Path:
+        return self.config if self.config is not None else self.config_dir / "local.yaml"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        # Ray limits socket paths to 107 bytes, so keep this short when home is deep.
+        return self.home / "ray"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    def with_dev_key(self) -> Settings:
+        """Return settings whose dev key is set, generating one in dev mode."""
+        if self.dev_api_key is not None or self.mode != "dev":
+            return self
+        key = DEV_KEY_PREFIX + secrets.token_urlsafe(32)
+        return self.model_copy(update={"dev_api_key": SecretStr(key)})

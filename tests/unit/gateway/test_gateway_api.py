@@ -1,0 +1,189 @@
+"""The gateway's HTTP contract, through the official openai client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from support import DEV_KEY, MODEL, PLAIN_MODEL, auth
+
+from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
+
+
+async def test_models_lists_configured_models(client: openai.AsyncOpenAI) -> None:
+    models = await client.models.list()
+    assert sorted(m.id for m in models.data) == sorted([MODEL, PLAIN_MODEL])
+    one = await client.models.retrieve(MODEL)
+    assert one.id == MODEL
+
+
+async def test_chat_completion_returns_engine_text_and_usage(client, records) -> None:
+    resp = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello there"}], max_tokens=5
+    )
+    assert resp.choices[0].message.content == " ".join(fake_tokens("hello there", 5))
+    assert resp.usage.prompt_tokens == 2 and resp.usage.completion_tokens == 5
+    assert [(r.status, r.usage.completion_tokens) for r in records] == [(200, 5)]
+
+
+async def test_completion_non_streaming(client) -> None:
+    resp = await client.completions.create(model=MODEL, prompt="a b c", max_tokens=3)
+    assert resp.choices[0].text == " ".join(fake_tokens("a b c", 3))
+    assert resp.usage.total_tokens == 6
+
+
+async def test_stream_without_usage_hides_usage_but_gateway_learns_it(client, records) -> None:
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x y"}], max_tokens=4, stream=True
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " ".join(fake_tokens("x y", 4))
+    assert all(c.usage is None for c in chunks)
+    assert records[-1].usage.completion_tokens == 4
+    assert records[-1].status == 200
+
+
+async def test_stream_with_usage_passes_final_usage_chunk(client) -> None:
+    stream = await client.completions.create(
+        model=MODEL,
+        prompt="one two",
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage.completion_tokens == 3
+    assert chunks[-1].usage.prompt_tokens == 2
+
+
+async def test_fim_prompt_and_suffix_become_native_token_sequence(client, records) -> None:
+    resp = await client.completions.create(
+        model=MODEL, prompt="def f(x):\n    return", suffix="\n\nprint(f(2))", max_tokens=4
+    )
+    # The engine saw token ids (BOS, [SUFFIX] …) rather than text: the fake counts ids.
+    assert resp.usage.prompt_tokens > 10
+    assert records[-1].usage.prompt_tokens == resp.usage.prompt_tokens
+
+
+async def test_fim_rejected_for_model_without_fim_tokens(client) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        await client.completions.create(model=PLAIN_MODEL, prompt="a", suffix="b", max_tokens=2)
+    assert exc.value.body["code"] == "fim_not_supported"
+    assert exc.value.body["param"] == "suffix"
+
+
+async def test_missing_key_is_401(http) -> None:
+    r = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
+
+
+async def test_wrong_key_raises_authentication_error(http) -> None:
+    client = openai.AsyncOpenAI(api_key="wrong", base_url="http://gw/v1", http_client=http)
+    with pytest.raises(openai.AuthenticationError):
+        await client.models.list()
+
+
+async def test_unknown_model_is_404_model_not_found(client) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        await client.chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert exc.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b"", None),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "model"),
+        (json.dumps({"model": MODEL}).encode(), "messages"),
+        (json.dumps({"model": MODEL, "messages": "hi"}).encode(), "messages"),
+        (
+            json.dumps(
+                {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "a"}
+            ).encode(),
+            "max_tokens",
+        ),
+        (
+            json.dumps(
+                {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}
+            ).encode(),
+            "max_tokens",
+        ),
+    ],
+)
+async def test_bad_bodies_are_openai_shaped_400(http, body: bytes, param: str | None) -> None:
+    r = await http.post(
+        "/v1/chat/completions",
+        content=body,
+        headers=auth() | {"content-type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["message"]
+    if param:
+        assert err["param"] is not None and err["param"].startswith(param)
+
+
+async def test_prompt_longer_than_context_is_400_from_engine(client) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        await client.completions.create(model=MODEL, prompt="w " * 300, max_tokens=1)
+    assert "maximum context length" in exc.value.message
+
+
+async def test_body_over_limit_is_413(http) -> None:
+    big = {"model": MODEL, "prompt": "x" * (70 * 1024)}
+    r = await http.post("/v1/completions", json=big, headers=auth())
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+
+
+async def test_engine_failure_before_first_token_is_502_and_service_continues(client) -> None:
+    with pytest.raises(openai.APIStatusError) as exc:
+        await client.completions.create(model=MODEL, prompt=FAIL_BEFORE, max_tokens=3)
+    assert exc.value.status_code == 502
+    ok = await client.completions.create(model=MODEL, prompt="still alive", max_tokens=2)
+    assert ok.usage.completion_tokens == 2
+
+
+async def test_failure_mid_stream_ends_with_error_event(http, records) -> None:
+    body = {"model": MODEL, "prompt": f"go {FAIL_MID_STREAM}", "max_tokens": 6, "stream": True}
+    r = await http.post("/v1/completions", json=body, headers=auth())
+    assert r.status_code == 200
+    events = [ln for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "server_error"
+    assert events[-1] == "data: [DONE]"
+    assert records[-1].status == 502
+
+
+async def test_openai_client_raises_on_mid_stream_error(client) -> None:
+    stream = await client.completions.create(
+        model=MODEL, prompt=f"go {FAIL_MID_STREAM}", max_tokens=6, stream=True
+    )
+    with pytest.raises(openai.APIError):
+        async for _ in stream:
+            pass
+
+
+async def test_health_and_readiness(http) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {MODEL: "ready", PLAIN_MODEL: "ready"}
+
+
+async def test_unknown_route_is_openai_shaped_404(http) -> None:
+    r = await http.get("/v1/nothing", headers=auth())
+    assert r.status_code == 404
+    assert "error" in r.json()
+
+
+async def test_dev_key_never_in_records(client, records) -> None:
+    await client.completions.create(model=MODEL, prompt="k", max_tokens=1)
+    assert DEV_KEY not in repr(records)
