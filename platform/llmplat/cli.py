@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         running = start_platform(
-            settings, build_application(models, settings), progress=_progress
+            settings, lambda: build_application(models, settings), progress=_progress
         )
     except PlatformStartError as exc:
         _err(f"llmplat: failed to start: {exc}")

@@ -40,12 +40,16 @@ class RunningPlatform:
 
 def start_platform(
     settings: Settings,
-    application: object,
+    build_application: Callable[[], object],
     *,
     ready_timeout_s: float = 900.0,
     progress: Callable[[str], None] | None = None,
 ) -> RunningPlatform:
-    """Start Ray and Serve, deploy ``application``, and wait until /readyz answers 200."""
+    """Start Ray and Serve, deploy the application, and wait until /readyz answers 200.
+
+    The application is built only after Ray is up: Ray Serve LLM reads the runtime context
+    while building deployments, which would otherwise start a second, default Ray.
+    """
     import ray
     from ray import serve
 
@@ -73,7 +77,7 @@ def start_platform(
             logging_config={"enable_access_log": False, "log_level": settings.log_level},
         )
         say("deploying gateway and models")
-        serve.run(application, name="llmplat", route_prefix="/", blocking=False)
+        serve.run(build_application(), name="llmplat", route_prefix="/", blocking=False)
         _wait_ready(url, ready_timeout_s, say)
     except BaseException:
         running.shutdown()

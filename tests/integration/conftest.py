@@ -1,0 +1,130 @@
+"""One real platform per test session: `llmplat serve` (Ray Serve + vLLM-CPU + tiny model).
+
+The platform runs with its own LLMPLAT_HOME (so its Ray processes are identifiable and the
+teardown can prove none are left behind) whose models/ links to the shared model cache,
+so the tiny model is built once per machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from llmplat.settings import Settings
+
+START_TIMEOUT_S = 900
+STOP_TIMEOUT_S = 90
+
+
+@dataclass(frozen=True)
+class LivePlatform:
+    url: str
+    key: str
+    home: Path
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmd:
+            out.append(f"{pid}: {cmd[:120]}")
+    return out
+
+
+def _ray_processes(home: Path) -> list[str]:
+    return _processes_mentioning(str(home / "ray"))
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
+    shared_models = Settings().models_dir
+    shared_models.mkdir(parents=True, exist_ok=True)
+    home = tmp_path_factory.mktemp("llmplat-home")
+    (home / "models").symlink_to(shared_models)
+    key = "llmp_dev_" + secrets.token_urlsafe(24)
+    port = _free_port()
+    log = home / "serve.log"
+    env = os.environ | {
+        "LLMPLAT_HOME": str(home),
+        "LLMPLAT_PORT": str(port),
+        "LLMPLAT_DEV_API_KEY": key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmplat", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"llmplat serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if "llmplat is serving" in log.read_text(errors="replace"):
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"platform not ready in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+    platform = LivePlatform(url=url, key=key, home=home, log=log)
+    try:
+        yield platform
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"llmplat serve did not stop within {STOP_TIMEOUT_S} s of SIGINT")
+        leftovers = _ray_processes(home)
+        deadline = time.monotonic() + 20
+        while leftovers and time.monotonic() < deadline:
+            time.sleep(1)
+            leftovers = _ray_processes(home)
+        for line in leftovers:  # clean up, then fail: the platform must do this itself
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        assert proc.returncode == 0, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert not leftovers, f"Ray processes left behind after shutdown: {leftovers}"
+
+
+@pytest.fixture
+async def client(live: LivePlatform) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=live.key, base_url=live.base_url, max_retries=0, timeout=300)
+
+
+@pytest.fixture
+async def http(live: LivePlatform):
+    async with httpx.AsyncClient(base_url=live.url, timeout=300) as c:
+        yield c
