@@ -1,0 +1,114 @@
+"""Model profiles load, map onto LLMConfig, and refuse bad input naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmplat.config.loader import ConfigError, load_platform, load_profile
+from llmplat.engine.llm_config import build_llm_config
+from llmplat.settings import Settings
+
+PROFILES = sorted(p.stem for p in (Path(__file__).parents[3] / "configs" / "models").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_shipped_profile_loads_and_maps(settings: Settings, name: str) -> None:
+    profile = load_profile(name, settings.config_dir)
+    cfg = build_llm_config(profile, settings, "/models/x")
+    engine = cfg.get_engine_config()
+    assert len(engine.placement_bundles) == profile.engine.gpus_per_replica
+    assert cfg.engine_kwargs["scheduling_policy"] == "priority"
+    assert cfg.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_tiny_profile_is_cpu_with_thread_binding(settings: Settings) -> None:
+    cfg = build_llm_config(load_profile("tiny-mixtral-cpu", settings.config_dir), settings, "/m")
+    assert cfg.accelerator_config.kind == "cpu"
+    env = cfg.runtime_env["env_vars"]
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert cfg.deployment_config["ray_actor_options"]["num_cpus"] == 0
+    assert cfg.engine_kwargs["max_model_len"] == 4096
+
+
+def test_h100x8_is_tp8_expert_parallel_on_one_node(settings: Settings) -> None:
+    cfg = build_llm_config(load_profile("mixtral-8x22b-h100x8", settings.config_dir), settings, "/m")
+    assert cfg.engine_kwargs["tensor_parallel_size"] == 8
+    assert cfg.engine_kwargs["enable_expert_parallel"] is True
+    engine = cfg.get_engine_config()
+    assert engine.placement_strategy == "STRICT_PACK"
+    assert all(b["GPU"] == 1 for b in engine.placement_bundles)
+    assert cfg.accelerator_type == "H100"
+
+
+def test_fp8_is_two_tp4_replicas_per_node(settings: Settings) -> None:
+    p = load_profile("mixtral-8x22b-h100x8-fp8", settings.config_dir)
+    cfg = build_llm_config(p, settings, "/m")
+    assert cfg.engine_kwargs["quantization"] == "fp8"
+    assert cfg.engine_kwargs["tensor_parallel_size"] == 4
+    assert cfg.deployment_config["autoscaling_config"]["min_replicas"] == 2
+    assert 2 * p.engine.gpus_per_replica == p.hardware.gpus_per_node
+
+
+def test_two_node_profile_is_tp4_pp2_spanning_nodes(settings: Settings) -> None:
+    p = load_profile("mixtral-8x22b-l40s-2node", settings.config_dir)
+    cfg = build_llm_config(p, settings, "/m")
+    assert (cfg.engine_kwargs["tensor_parallel_size"], cfg.engine_kwargs["pipeline_parallel_size"]) == (4, 2)
+    engine = cfg.get_engine_config()
+    assert len(engine.placement_bundles) == 8 and engine.placement_strategy == "PACK"
+    assert p.engine.gpus_per_replica == p.hardware.gpus_per_node * p.hardware.nodes
+
+
+def _write(tmp_path: Path, data: dict | str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _tiny(settings: Settings) -> dict:
+    return yaml.safe_load((settings.config_dir / "models" / "tiny-mixtral-cpu.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["engine"].update(tensor_parallel_size=0), "engine.tensor_parallel_size"),
+        (lambda d: d["engine"].update(max_model_len="long"), "engine.max_model_len"),
+        (lambda d: d["engine"].update(dtype="int3"), "engine.dtype"),
+        (lambda d: d["engine"].update(bogus=1), "engine.bogus"),
+        (lambda d: d.pop("model_id"), "model_id"),
+        (lambda d: d["engine"].update(enable_expert_parallel=True, tensor_parallel_size=2), "enable_expert_parallel"),
+        (lambda d: d["engine"].update(extra={"max_model_len": 5}), "extra must not repeat"),
+        (lambda d: d["serving"]["autoscaling"].update(min_replicas=3), "min_replicas"),
+    ],
+)
+def test_bad_profile_names_file_and_field(tmp_path, settings, mutate, field: str) -> None:
+    data = _tiny(settings)
+    mutate(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as exc:
+        load_profile(str(path), settings.config_dir)
+    assert str(path) in str(exc.value)
+    assert field in str(exc.value)
+
+
+def test_invalid_yaml_and_missing_profile(tmp_path, settings) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_profile(str(_write(tmp_path, "engine: [unclosed")), settings.config_dir)
+    with pytest.raises(ConfigError, match="not found.*known: .*tiny-mixtral-cpu"):
+        load_profile("no-such-profile", settings.config_dir)
+
+
+def test_platform_rejects_two_profiles_serving_one_model_id(tmp_path, settings) -> None:
+    cfg = tmp_path / "platform.yaml"
+    cfg.write_text(yaml.safe_dump({"models": ["mixtral-8x22b-h100x8", "mixtral-8x22b-h100x8-fp8"]}))
+    with pytest.raises(ConfigError, match="both serve model_id 'mixtral-8x22b-instruct'"):
+        load_platform(cfg, settings.config_dir)
+
+
+def test_local_platform_serves_the_tiny_model(settings) -> None:
+    platform = load_platform(settings.config_dir / "local.yaml", settings.config_dir)
+    assert [p.model_id for p in platform.profiles] == ["tiny-mixtral"]

@@ -1,0 +1,37 @@
+"""Settings come from LLMPLAT_* variables, nested with __; secrets stay secret."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmplat.settings import DEV_KEY_PREFIX, Settings
+
+
+def test_environment_and_nesting(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LLMPLAT_HOME", str(tmp_path))
+    monkeypatch.setenv("LLMPLAT_PORT", "9001")
+    monkeypatch.setenv("LLMPLAT_GATEWAY__MAX_REQUEST_BYTES", "4096")
+    monkeypatch.setenv("LLMPLAT_DEV_API_KEY", "llmp_dev_secret-value")
+    s = Settings()
+    assert (s.home, s.port, s.gateway.max_request_bytes) == (tmp_path, 9001, 4096)
+    assert "secret-value" not in repr(s) and "secret-value" not in str(s.model_dump())
+
+
+def test_dev_key_generated_only_in_dev_mode(monkeypatch) -> None:
+    monkeypatch.delenv("LLMPLAT_DEV_API_KEY", raising=False)
+    key = Settings(mode="dev").with_dev_key().dev_api_key
+    assert key is not None and key.get_secret_value().startswith(DEV_KEY_PREFIX)
+    assert len(key.get_secret_value()) > 40
+    assert Settings(mode="production").with_dev_key().dev_api_key is None
+
+
+def test_dev_key_refused_in_production(monkeypatch) -> None:
+    monkeypatch.setenv("LLMPLAT_DEV_API_KEY", "llmp_dev_x")
+    with pytest.raises(ValueError, match="dev-mode setting"):
+        Settings(mode="production")
+
+
+def test_bad_port_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("LLMPLAT_PORT", "99999")
+    with pytest.raises(ValueError):
+        Settings()
