@@ -142,7 +142,10 @@ def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[s
     for k, v in engine_kwargs(profile).items():
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
-            args += [flag] if v else ([f"--no-{k.replace('_', '-')}"] if k == "enable_prefix_caching" else [])
+            if v:
+                args.append(flag)
+            elif k == "enable_prefix_caching":
+                args.append("--no-enable-prefix-caching")
         else:
             args += [flag, str(v)]
     env = os.environ | offline_env(settings) | cpu_engine_env(profile, settings)

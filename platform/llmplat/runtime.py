@@ -19,6 +19,9 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+APP_NAME = "llmplat"
+
+
 class PlatformStartError(RuntimeError):
     """The platform did not become ready; the message says why."""
 
@@ -77,7 +80,11 @@ def start_platform(
             logging_config={"enable_access_log": False, "log_level": settings.log_level},
         )
         say("deploying gateway and models")
-        serve.run(build_application(), name="llmplat", route_prefix="/", blocking=False)
+        # Return at once and poll /readyz ourselves: progress and failures get reported.
+        serve.run_many(
+            [serve.RunTarget(target=build_application(), name=APP_NAME, route_prefix="/")],
+            wait_for_applications_running=False,
+        )
         _wait_ready(url, ready_timeout_s, say)
     except BaseException:
         running.shutdown()
@@ -88,13 +95,24 @@ def start_platform(
 def _deploy_failure() -> str | None:
     from ray import serve
 
-    status = serve.status().applications.get("llmplat")
+    status = serve.status().applications.get(APP_NAME)
     if status is None:
         return None
     for name, dep in status.deployments.items():
         if str(dep.status).endswith("DEPLOY_FAILED") or str(dep.status).endswith("UNHEALTHY"):
             return f"deployment {name} failed: {dep.message}"
     return None
+
+
+def _deploy_summary() -> str:
+    from ray import serve
+
+    status = serve.status().applications.get(APP_NAME)
+    if status is None:
+        return "application not created yet"
+    return ", ".join(
+        f"{name}: {str(dep.status).rsplit('.', 1)[-1]}" for name, dep in status.deployments.items()
+    )
 
 
 def _wait_ready(url: str, timeout_s: float, say: Callable[[str], None]) -> None:
@@ -111,7 +129,7 @@ def _wait_ready(url: str, timeout_s: float, say: Callable[[str], None]) -> None:
         if failure:
             raise PlatformStartError(failure)
         if time.monotonic() - last_note > 15:
-            say("waiting for the engines to load")
+            say(f"waiting for the engines to load ({_deploy_summary()})")
             last_note = time.monotonic()
         time.sleep(1.0)
     raise PlatformStartError(f"not ready after {timeout_s:.0f} s ({url}/readyz)")

@@ -7,7 +7,9 @@ the CLI, never at import time, and pass it down.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_KEY_PREFIX = "llmp_dev_"
+_MAX_RAY_TEMP_LEN = 40
 
 
 def _default_home() -> Path:
@@ -104,8 +107,15 @@ class Settings(BaseSettings):
 
     @property
     def ray_temp_dir(self) -> Path:
-        # Ray limits socket paths to 107 bytes, so keep this short when home is deep.
-        return self.home / "ray"
+        """Ray's temp dir: under home when short enough, else a short per-home path.
+
+        Ray puts AF_UNIX sockets ~65 bytes below it and the kernel allows 107.
+        """
+        candidate = self.home / "ray"
+        if len(str(candidate)) <= _MAX_RAY_TEMP_LEN:
+            return candidate
+        digest = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"llmplat-ray-{digest}"
 
     @property
     def cache_dir(self) -> Path:

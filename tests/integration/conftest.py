@@ -61,7 +61,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def _ray_processes(home: Path) -> list[str]:
-    return _processes_mentioning(str(home / "ray"))
+    return _processes_mentioning(str(Settings(home=home).ray_temp_dir))
 
 
 @pytest.fixture(scope="session")

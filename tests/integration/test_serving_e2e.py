@@ -10,6 +10,7 @@ import openai
 import pytest
 from mistral_common.protocol.fim.request import FIMRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
 from support import MODEL, V3_TOKENIZER
 
 pytestmark = pytest.mark.integration

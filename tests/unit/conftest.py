@@ -10,13 +10,13 @@ import httpx
 import openai
 import pytest
 from pydantic import SecretStr
-from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, make_engine
 
 from llmplat.auth.dev import DevKeyAuthenticator
 from llmplat.gateway.app import create_app
 from llmplat.gateway.backends import EngineBackend
 from llmplat.gateway.state import GatewayConfig, GatewayModel, RequestRecord, build_state
 from llmplat.settings import Settings
+from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, make_engine
 
 
 @pytest.fixture(scope="session")

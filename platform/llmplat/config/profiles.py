@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BUILTIN_PREFIX = "builtin:"
-"""A ``source`` starting with this names a model llmplat builds offline (``builtin:tiny-mixtral``)."""
+"""A ``source`` with this prefix names a model llmplat builds offline (``builtin:tiny-mixtral``)."""
 
 
 class _Strict(BaseModel):

@@ -14,6 +14,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ErrorResponse,
 )
 from ray.llm._internal.serve.core.engine.protocol import LLMEngine
+from vllm.exceptions import VLLMClientError
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
 GenerationResponse = ChatCompletionResponse | CompletionResponse
@@ -30,4 +31,5 @@ __all__ = [
     "GenerationRequest",
     "GenerationResponse",
     "LLMEngine",
+    "VLLMClientError",
 ]

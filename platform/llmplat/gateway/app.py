@@ -160,6 +160,8 @@ def _validate(
         parsed = parse_completion(body, state.fim.get(model_id), model_id)
     req = parsed.request
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidRequest("'max_tokens' must be at least 1.", param="max_tokens")
     if max_tokens is not None and max_tokens > model.max_model_len:
         raise InvalidRequest(
             f"'max_tokens' is {max_tokens}, but model '{model_id}' has a context of "
@@ -239,7 +241,10 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
             record.usage = outcome.usage
             if outcome.first_chunk_at is not None:
                 record.first_token_s = outcome.first_chunk_at - started
-            status = 200 if outcome.finished else (499 if outcome.error == "client disconnected" else 502)
+            if outcome.finished:
+                status = 200
+            else:
+                status = 499 if outcome.error == "client disconnected" else 502
             _finish(state, record, status, error=outcome.error)
 
     return StreamingResponse(
@@ -247,7 +252,9 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
     )
 
 
-def _finish(state: GatewayState, record: RequestRecord, status: int, error: str | None = None) -> None:
+def _finish(
+    state: GatewayState, record: RequestRecord, status: int, error: str | None = None
+) -> None:
     record.status = status
     record.error = error
     record.ended = state.clock()

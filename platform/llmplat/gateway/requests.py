@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from llmplat.engine.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from llmplat.engine.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationRequest,
+    VLLMClientError,
+)
 from llmplat.gateway.errors import InvalidRequest, PayloadTooLarge
 from llmplat.gateway.fim import FimEncoder
+
+M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -93,14 +100,30 @@ def _prepare_stream_usage(body: dict[str, Any]) -> bool:
     return wants
 
 
-def parse_chat(body: dict[str, Any]) -> ParsedRequest:
-    wants = _prepare_stream_usage(body)
+def _validate_model(cls: type[M], body: dict[str, Any]) -> M:
     try:
-        req = ChatCompletionRequest.model_validate(body)
+        return cls.model_validate(body)
     except ValidationError as exc:
         raise _validation_error(exc) from exc
-    if not req.messages:
+    except (VLLMClientError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        # vLLM's "before" validators raise these without pydantic wrapping them.
+        raise InvalidRequest(f"Invalid request: {exc}.") from exc
+
+
+def parse_chat(body: dict[str, Any]) -> ParsedRequest:
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("You must provide 'messages'.", param="messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest(
+            "'messages' must be a list of message objects like "
+            '{"role": "user", "content": "…"}.',
+            param="messages",
+        )
+    if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    wants = _prepare_stream_usage(body)
+    req = _validate_model(ChatCompletionRequest, body)
     return ParsedRequest(req, bool(req.stream), wants)
 
 
@@ -109,10 +132,7 @@ def parse_completion(body: dict[str, Any], fim: FimEncoder | None, model: str) -
     if suffix is not None:
         _apply_fim(body, suffix, fim, model)
     wants = _prepare_stream_usage(body)
-    try:
-        req = CompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from exc
+    req = _validate_model(CompletionRequest, body)
     return ParsedRequest(req, bool(req.stream), wants)
 
 

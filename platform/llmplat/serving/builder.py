@@ -16,8 +16,6 @@ from llmplat.gateway.state import GatewayConfig, GatewayModel
 from llmplat.serving.gateway_deployment import Gateway
 from llmplat.settings import Settings
 
-APP_NAME = "llmplat"
-
 
 @dataclass(frozen=True)
 class BuiltModel:

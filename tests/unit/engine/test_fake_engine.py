@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from support import make_engine
-
 from llmplat.engine.fake import fake_tokens
 from llmplat.engine.protocol import CompletionRequest, CompletionResponse, ErrorResponse
+from support import make_engine
 
 
 async def _collect(engine, **body):

@@ -6,9 +6,9 @@ import json
 
 import openai
 import pytest
-from support import DEV_KEY, MODEL, PLAIN_MODEL, auth
 
 from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
+from support import DEV_KEY, MODEL, PLAIN_MODEL, auth
 
 
 async def test_models_lists_configured_models(client: openai.AsyncOpenAI) -> None:
@@ -103,6 +103,9 @@ async def test_unknown_model_is_404_model_not_found(client) -> None:
         (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "model"),
         (json.dumps({"model": MODEL}).encode(), "messages"),
         (json.dumps({"model": MODEL, "messages": "hi"}).encode(), "messages"),
+        (json.dumps({"model": MODEL, "messages": 5}).encode(), "messages"),
+        (json.dumps({"model": MODEL, "messages": [5]}).encode(), "messages"),
+        (json.dumps({"model": MODEL, "messages": []}).encode(), "messages"),
         (
             json.dumps(
                 {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "a"}
@@ -187,3 +190,22 @@ async def test_unknown_route_is_openai_shaped_404(http) -> None:
 async def test_dev_key_never_in_records(client, records) -> None:
     await client.completions.create(model=MODEL, prompt="k", max_tokens=1)
     assert DEV_KEY not in repr(records)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": MODEL, "prompt": 5},
+        {"model": MODEL, "prompt": "x", "max_tokens": -1},
+        {"model": MODEL, "prompt": "x", "temperature": "hot"},
+        {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}},
+        {"model": MODEL, "prompt": "x", "stream": True, "stream_options": 3},
+        {"model": MODEL, "prompt": "x", "suffix": 7},
+        {"model": MODEL, "prompt": ["a", "b"], "suffix": "s"},
+        {"model": 12, "prompt": "x"},
+    ],
+)
+async def test_bad_completion_bodies_are_400(http, body) -> None:
+    r = await http.post("/v1/completions", json=body, headers=auth())
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
