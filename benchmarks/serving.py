@@ -69,16 +69,22 @@ async def _one(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
+    buf = b""
     async with client.stream("POST", "/v1/completions", json=body) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("choices") and ttft is None:
-                ttft = time.perf_counter() - t0
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+        # SSE events end with a blank line; split bytes, not text lines (generated text
+        # may hold U+2028 and friends, which str.splitlines treats as line breaks).
+        async for data in resp.aiter_bytes():
+            buf += data
+            *events, buf = buf.split(b"\n\n")
+            for event in events:
+                if not event.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(event[6:])
+                if chunk.get("choices") and ttft is None:
+                    ttft = time.perf_counter() - t0
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
     return (ttft or 0.0), tokens
 
 
@@ -138,7 +144,7 @@ def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[s
     profile = load_profile("tiny-mixtral-cpu", settings.config_dir)
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
             "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
-            "--disable-log-requests"]
+            "--no-enable-log-requests"]
     for k, v in engine_kwargs(profile).items():
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
@@ -162,7 +168,7 @@ def run_target(name: str, cmd: list[str], env: dict, url: str, key: str, args) -
         _wait_http(url, proc, 900, headers)
         results = []
         for conc in args.concurrency:
-            per_worker = max(1, args.requests // conc)
+            per_worker = args.requests_per_stream
             r = asyncio.run(measure(name, url, key, conc, per_worker, args.max_tokens))
             print(f"  {name:8s} c={conc:<3d} {r.tokens_per_s:8.1f} tok/s  "
                   f"TTFT p50 {r.ttft_p50_ms:7.1f} ms  p95 {r.ttft_p95_ms:7.1f} ms", flush=True)
@@ -176,7 +182,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--requests", type=int, default=32, help="per concurrency level")
+    parser.add_argument(
+        "--requests-per-stream", type=int, default=3, help="sequential requests per stream"
+    )
     parser.add_argument("--only", choices=["bare", "platform"])
     args = parser.parse_args()
     settings = Settings()

@@ -31,16 +31,20 @@ def cmd_model_build_tiny(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from llmplat.config.loader import ConfigError, load_platform
-    from llmplat.engine.llm_config import ModelSourceError
-    from llmplat.runtime import PlatformStartError, start_platform
-    from llmplat.serving.builder import build_application, build_models
-
     if args.config:
         settings = settings.model_copy(update={"config": Path(args.config)})
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
     settings = settings.with_dev_key()
+
+    from llmplat.runtime import PlatformStartError, prepare_environment, start_platform
+
+    prepare_environment(settings)  # before anything imports ray.serve
+
+    from llmplat.config.loader import ConfigError, load_platform
+    from llmplat.engine.llm_config import ModelSourceError
+    from llmplat.serving.builder import build_application, build_models
+
     try:
         platform = load_platform(settings.resolved_config(), settings.config_dir)
         models = build_models(platform, settings, progress=_progress)

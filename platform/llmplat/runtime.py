@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,8 @@ RAY_ENV_DEFAULTS = {
     "RAY_SERVE_ENABLE_TASK_EVENTS": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
+    # Ray starts workers at nice 15 (below its own agents); the engine is the workload.
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -41,6 +44,51 @@ class RunningPlatform:
             ray.shutdown()
 
 
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def ray_environment(settings: Settings) -> dict[str, str]:
+    """Variables Ray's processes must see; they are read when those processes start."""
+    env = dict(RAY_ENV_DEFAULTS)
+    if settings.gateway.direct_ingress:
+        end = settings.port + settings.gateway.replicas  # Serve's range excludes its end
+        env |= {
+            # Direct ingress (gateway replicas serve HTTP), Serve's handle and loop tuning.
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(end),
+            # Locally there is no load balancer to drain from.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        }
+    return env
+
+
+def prepare_environment(settings: Settings) -> None:
+    """Export Ray's variables; call before importing ray.serve (it reads them at import)."""
+    for key, value in ray_environment(settings).items():
+        os.environ.setdefault(key, value)
+
+
+def user_ports(settings: Settings) -> list[int]:
+    count = settings.gateway.replicas if settings.gateway.direct_ingress else 1
+    return [settings.port + i for i in range(count)]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast (instead of a proxy that never binds) when the port is taken."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PlatformStartError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); "
+                "stop what uses it or set LLMPLAT_PORT"
+            ) from exc
+
+
 def start_platform(
     settings: Settings,
     build_application: Callable[[], object],
@@ -57,8 +105,10 @@ def start_platform(
     from ray import serve
 
     say = progress or (lambda _msg: None)
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    for port in user_ports(settings):
+        check_port_free(settings.host, port)
+    proxy_port = _free_port(settings.host) if settings.gateway.direct_ingress else settings.port
+    prepare_environment(settings)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     say("starting Ray")
     if settings.ray_address:
@@ -75,7 +125,9 @@ def start_platform(
     running = RunningPlatform(url=url, settings=settings)
     try:
         serve.start(
-            http_options={"host": settings.host, "port": settings.port},
+            # With direct ingress the gateway replicas take the user's port(s) and the
+            # proxy moves to a free one; replicas bind the same host.
+            http_options={"host": settings.host, "port": proxy_port},
             # Access logs cost CPU on every request; the gateway records each one itself.
             logging_config={"enable_access_log": False, "log_level": settings.log_level},
         )

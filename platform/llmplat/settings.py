@@ -45,6 +45,12 @@ class GatewaySettings(BaseModel):
     ready_timeout_s: float = Field(
         5.0, gt=0, description="How long /readyz waits for each model to answer."
     )
+    direct_ingress: bool = Field(
+        True,
+        description="Gateway replicas serve HTTP themselves (ports port..port+replicas-1) "
+        "instead of behind the Serve proxy: one hop less per token (~15% throughput on "
+        "2 cores). The proxy then listens on an internal port only.",
+    )
 
 
 class CpuEngineSettings(BaseModel):

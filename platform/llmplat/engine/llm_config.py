@@ -102,6 +102,17 @@ def offline_env(settings: Settings) -> dict[str, str]:
 def deployment_config(profile: ModelProfile) -> dict[str, Any]:
     serving = profile.serving
     auto = serving.autoscaling
+    # On CPU the replica actor must not hold a core of its own, or it never
+    # schedules next to the engine on a small host.
+    replica_cpus = 0 if profile.accelerator.kind == "cpu" else 1
+    options: dict[str, Any] = {
+        "max_ongoing_requests": serving.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": replica_cpus},
+    }
+    if auto.min_replicas == auto.max_replicas:
+        # A fixed size: no autoscaling metrics polled for nothing.
+        options["num_replicas"] = auto.min_replicas
+        return options
     autoscaling: dict[str, Any] = {
         "min_replicas": auto.min_replicas,
         "max_replicas": auto.max_replicas,
@@ -109,14 +120,8 @@ def deployment_config(profile: ModelProfile) -> dict[str, Any]:
     }
     if auto.initial_replicas is not None:
         autoscaling["initial_replicas"] = auto.initial_replicas
-    # On CPU the replica actor must not hold a core of its own, or it never
-    # schedules next to the engine on a small host.
-    replica_cpus = 0 if profile.accelerator.kind == "cpu" else 1
-    return {
-        "autoscaling_config": autoscaling,
-        "max_ongoing_requests": serving.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": replica_cpus},
-    }
+    options["autoscaling_config"] = autoscaling
+    return options
 
 
 def placement_group_config(profile: ModelProfile) -> dict[str, Any]:

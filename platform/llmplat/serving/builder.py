@@ -14,6 +14,7 @@ from llmplat.config.loader import LoadedPlatform
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.gateway.state import GatewayConfig, GatewayModel
 from llmplat.serving.gateway_deployment import Gateway
+from llmplat.serving.llm_server import PlatformLLMServer
 from llmplat.settings import Settings
 
 
@@ -64,7 +65,10 @@ def build_application(
     """The whole app. ``engine_cls`` swaps vLLM for another engine (the fake in tests)."""
     bind_kwargs: dict[str, Any] = {"engine_cls": engine_cls} if engine_cls else {}
     handles = {
-        m.model_id: build_llm_deployment(m.llm_config, bind_kwargs=bind_kwargs) for m in models
+        m.model_id: build_llm_deployment(
+            m.llm_config, bind_kwargs=bind_kwargs, deployment_cls=PlatformLLMServer
+        )
+        for m in models
     }
     gateway = serve.deployment(
         Gateway,

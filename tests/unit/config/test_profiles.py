@@ -32,6 +32,8 @@ def test_tiny_profile_is_cpu_with_thread_binding(settings: Settings) -> None:
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert cfg.deployment_config["ray_actor_options"]["num_cpus"] == 0
     assert cfg.engine_kwargs["max_model_len"] == 4096
+    assert cfg.deployment_config["num_replicas"] == 1  # min == max: no autoscaling loop
+    assert "autoscaling_config" not in cfg.deployment_config
 
 
 def test_h100x8_is_tp8_expert_parallel_on_one_node(settings: Settings) -> None:
@@ -49,7 +51,8 @@ def test_fp8_is_two_tp4_replicas_per_node(settings: Settings) -> None:
     cfg = build_llm_config(p, settings, "/m")
     assert cfg.engine_kwargs["quantization"] == "fp8"
     assert cfg.engine_kwargs["tensor_parallel_size"] == 4
-    assert cfg.deployment_config["autoscaling_config"]["min_replicas"] == 2
+    auto = cfg.deployment_config["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (2, 8)
     assert 2 * p.engine.gpus_per_replica == p.hardware.gpus_per_node
 
 
