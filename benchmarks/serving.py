@@ -10,10 +10,15 @@ writes them to bench-results/serving.json. Numbers, not a pass/fail test.
 
 from __future__ import annotations
 
+import os
+
+# Servers start from the environment we were given: importing vLLM and torch below
+# rewrites this process's (LD_LIBRARY_PATH, RAY_CLIENT_MODE, inductor settings…).
+CLEAN_ENV = dict(os.environ)
+
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import socket
@@ -95,7 +100,9 @@ async def measure(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as c:
-        await asyncio.gather(*(_one(c, _prompt(rng), 8) for _ in range(concurrency)))  # warm-up
+        # Warm-up: one unmeasured full-length round at the same concurrency, for both
+        # targets alike (engine shapes, caches, Ray's post-start work settle).
+        await asyncio.gather(*(_one(c, _prompt(rng), max_tokens) for _ in range(concurrency)))
 
         async def worker() -> list[tuple[float, int]]:
             return [await _one(c, _prompt(rng), max_tokens) for _ in range(per_worker)]
@@ -132,19 +139,65 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, headers: dict
     raise RuntimeError(f"{url} not up after {timeout_s} s")
 
 
+def _group_alive(pgid: int) -> bool:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.getpgid(int(pid)) == pgid:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def _stop(proc: subprocess.Popen) -> None:
+    """Stop a server and every process it started (vLLM's engine core, workers)."""
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(90)
     except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    if _group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _cpu_busy(interval_s: float = 2.0) -> float:
+    def read() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    total0, idle0 = read()
+    time.sleep(interval_s)
+    total1, idle1 = read()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def _wait_quiet(limit: float = 0.25, timeout_s: float = 120) -> None:
+    """Measure on a settled machine: wait until the CPUs are mostly idle."""
+    deadline = time.monotonic() + timeout_s
+    while (busy := _cpu_busy()) > limit and time.monotonic() < deadline:
+        print(f"  waiting for the machine to settle ({busy:.0%} busy)", flush=True)
 
 
 def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[str], dict]:
     profile = load_profile("tiny-mixtral-cpu", settings.config_dir)
-    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-            "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
-            "--no-enable-log-requests"]
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-enable-log-requests",
+    ]
     for k, v in engine_kwargs(profile).items():
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
@@ -154,24 +207,29 @@ def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[s
                 args.append("--no-enable-prefix-caching")
         else:
             args += [flag, str(v)]
-    env = os.environ | offline_env(settings) | cpu_engine_env(profile, settings)
+    env = CLEAN_ENV | offline_env(settings) | cpu_engine_env(profile, settings)
     return args, env
 
 
 def run_target(name: str, cmd: list[str], env: dict, url: str, key: str, args) -> list[Result]:
     log = Path("bench-results") / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         _wait_http(url, proc, 900, headers)
+        _wait_quiet()
         results = []
         for conc in args.concurrency:
             per_worker = args.requests_per_stream
             r = asyncio.run(measure(name, url, key, conc, per_worker, args.max_tokens))
-            print(f"  {name:8s} c={conc:<3d} {r.tokens_per_s:8.1f} tok/s  "
-                  f"TTFT p50 {r.ttft_p50_ms:7.1f} ms  p95 {r.ttft_p95_ms:7.1f} ms", flush=True)
+            print(
+                f"  {name:8s} c={conc:<3d} {r.tokens_per_s:8.1f} tok/s  "
+                f"TTFT p50 {r.ttft_p50_ms:7.1f} ms  p95 {r.ttft_p95_ms:7.1f} ms",
+                flush=True,
+            )
             results.append(r)
         return results
     finally:
@@ -197,7 +255,7 @@ def main() -> int:
         results += run_target("bare", cmd, env, f"http://127.0.0.1:{port}", "", args)
     if args.only in (None, "platform"):
         port, key = _free_port(), "llmp_dev_bench-" + os.urandom(8).hex()
-        env = os.environ | {"LLMPLAT_PORT": str(port), "LLMPLAT_DEV_API_KEY": key}
+        env = CLEAN_ENV | {"LLMPLAT_PORT": str(port), "LLMPLAT_DEV_API_KEY": key}
         cmd = [sys.executable, "-m", "llmplat", "serve"]
         results += run_target("platform", cmd, env, f"http://127.0.0.1:{port}", key, args)
     by = {(r.target, r.concurrency): r for r in results}
@@ -205,9 +263,11 @@ def main() -> int:
     for conc in args.concurrency:
         b, p = by.get(("bare", conc)), by.get(("platform", conc))
         if b and p:
-            print(f"{conc:11d}  {b.tokens_per_s:10.1f}  {p.tokens_per_s:14.1f}  "
-                  f"{p.tokens_per_s / b.tokens_per_s:5.2f}   {b.ttft_p50_ms:10.1f} ms  "
-                  f"{p.ttft_p50_ms:6.1f} ms  {p.ttft_p50_ms - b.ttft_p50_ms:+6.1f} ms")
+            print(
+                f"{conc:11d}  {b.tokens_per_s:10.1f}  {p.tokens_per_s:14.1f}  "
+                f"{p.tokens_per_s / b.tokens_per_s:5.2f}   {b.ttft_p50_ms:10.1f} ms  "
+                f"{p.ttft_p50_ms:6.1f} ms  {p.ttft_p50_ms - b.ttft_p50_ms:+6.1f} ms"
+            )
     Path("bench-results/serving.json").write_text(
         json.dumps([asdict(r) for r in results], indent=2)
     )

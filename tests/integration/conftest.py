@@ -60,6 +60,19 @@ def _processes_mentioning(text: str) -> list[str]:
     return out
 
 
+def _files_containing(root: Path, secret: str) -> list[str]:
+    needle = secret.encode()
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
+                continue
+    return hits
+
+
 def _ray_processes(home: Path) -> list[str]:
     return _processes_mentioning(str(Settings(home=home).ray_temp_dir))
 
@@ -88,7 +101,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    started = time.monotonic()
+    deadline = started + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             pytest.fail(f"llmplat serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
@@ -98,6 +112,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
             proc.kill()
             pytest.fail(f"platform not ready in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
         time.sleep(1)
+    print(f"\nllmplat serve ready in {time.monotonic() - started:.0f} s", flush=True)
     platform = LivePlatform(url=url, key=key, home=home, log=log)
     try:
         yield platform
@@ -117,6 +132,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
         assert proc.returncode == 0, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
         assert not leftovers, f"Ray processes left behind after shutdown: {leftovers}"
+        leaks = _files_containing(Settings(home=home).ray_temp_dir, key)
+        assert not leaks, f"the API key leaked into logs: {leaks}"
+        printed = log.read_text(errors="replace").count(key)
+        assert printed == 1, f"serve output shows the key {printed} times, expected once"
 
 
 @pytest.fixture

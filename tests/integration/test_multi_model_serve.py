@@ -67,7 +67,7 @@ def test_each_model_is_its_own_deployment(served) -> None:
     from ray import serve
 
     deployments = serve.status().applications["llmplat"].deployments
-    assert {"Gateway", "LLMServer:alpha", "LLMServer:beta"} <= set(deployments)
+    assert {"Gateway", "PlatformLLMServer:alpha", "PlatformLLMServer:beta"} <= set(deployments)
 
 
 def test_requests_route_to_the_named_model(served) -> None:

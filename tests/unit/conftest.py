@@ -31,8 +31,6 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {MODEL: fim_dir, PLAIN_MODEL: tmp_path_factory.mktemp("plain-model")}
 
 
-
-
 @pytest.fixture
 def records() -> list[RequestRecord]:
     return []

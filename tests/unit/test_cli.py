@@ -42,5 +42,3 @@ def test_build_tiny_out_dir(tmp_path, capsys) -> None:
     assert main(["model", "build-tiny", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert capsys.readouterr().out.strip().endswith("m")
-
-

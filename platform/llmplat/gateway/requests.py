@@ -47,9 +47,7 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
             "The body must be a JSON object."
         ) from exc
     if not isinstance(data, dict):
-        raise InvalidRequest(
-            f"The request body must be a JSON object, not {type(data).__name__}."
-        )
+        raise InvalidRequest(f"The request body must be a JSON object, not {type(data).__name__}.")
     return data
 
 
@@ -116,8 +114,7 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
         raise InvalidRequest("You must provide 'messages'.", param="messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest(
-            "'messages' must be a list of message objects like "
-            '{"role": "user", "content": "…"}.',
+            '\'messages\' must be a list of message objects like {"role": "user", "content": "…"}.',
             param="messages",
         )
     if not messages:

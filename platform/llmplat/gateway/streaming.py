@@ -89,7 +89,7 @@ async def relay_stream(
                     continue
                 if not isinstance(item, str):
                     continue
-                if item.startswith("data: {\"error\""):
+                if item.startswith('data: {"error"'):
                     outcome.error = _error_message(item)
                 elif item == DONE or item.startswith("data: [DONE]"):
                     sent_done = True

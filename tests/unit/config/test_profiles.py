@@ -37,7 +37,9 @@ def test_tiny_profile_is_cpu_with_thread_binding(settings: Settings) -> None:
 
 
 def test_h100x8_is_tp8_expert_parallel_on_one_node(settings: Settings) -> None:
-    cfg = build_llm_config(load_profile("mixtral-8x22b-h100x8", settings.config_dir), settings, "/m")
+    cfg = build_llm_config(
+        load_profile("mixtral-8x22b-h100x8", settings.config_dir), settings, "/m"
+    )
     assert cfg.engine_kwargs["tensor_parallel_size"] == 8
     assert cfg.engine_kwargs["enable_expert_parallel"] is True
     engine = cfg.get_engine_config()
@@ -59,7 +61,10 @@ def test_fp8_is_two_tp4_replicas_per_node(settings: Settings) -> None:
 def test_two_node_profile_is_tp4_pp2_spanning_nodes(settings: Settings) -> None:
     p = load_profile("mixtral-8x22b-l40s-2node", settings.config_dir)
     cfg = build_llm_config(p, settings, "/m")
-    assert (cfg.engine_kwargs["tensor_parallel_size"], cfg.engine_kwargs["pipeline_parallel_size"]) == (4, 2)
+    assert (
+        cfg.engine_kwargs["tensor_parallel_size"],
+        cfg.engine_kwargs["pipeline_parallel_size"],
+    ) == (4, 2)
     engine = cfg.get_engine_config()
     assert len(engine.placement_bundles) == 8 and engine.placement_strategy == "PACK"
     assert p.engine.gpus_per_replica == p.hardware.gpus_per_node * p.hardware.nodes
@@ -83,7 +88,10 @@ def _tiny(settings: Settings) -> dict:
         (lambda d: d["engine"].update(dtype="int3"), "engine.dtype"),
         (lambda d: d["engine"].update(bogus=1), "engine.bogus"),
         (lambda d: d.pop("model_id"), "model_id"),
-        (lambda d: d["engine"].update(enable_expert_parallel=True, tensor_parallel_size=2), "enable_expert_parallel"),
+        (
+            lambda d: d["engine"].update(enable_expert_parallel=True, tensor_parallel_size=2),
+            "enable_expert_parallel",
+        ),
         (lambda d: d["engine"].update(extra={"max_model_len": 5}), "extra must not repeat"),
         (lambda d: d["serving"]["autoscaling"].update(min_replicas=3), "min_replicas"),
     ],

@@ -40,7 +40,10 @@ def test_bad_port_rejected(monkeypatch) -> None:
 def test_ray_temp_dir_short_enough_for_unix_sockets(tmp_path) -> None:
     deep = tmp_path / ("d" * 80)
     temp = Settings(home=deep).ray_temp_dir
-    assert len(str(temp)) + len("/session_2026-11-22_07-47-55_987300_79971/sockets/plasma_store") <= 107
+    assert (
+        len(str(temp)) + len("/session_2026-11-22_07-47-55_987300_79971/sockets/plasma_store")
+        <= 107
+    )
     assert temp == Settings(home=deep).ray_temp_dir  # stable per home
     assert Settings(home=tmp_path / "other").ray_temp_dir != temp or len(str(tmp_path)) < 30
     assert Settings(home="/srv/llm").ray_temp_dir == Settings(home="/srv/llm").home / "ray"

@@ -114,7 +114,11 @@ async def test_unknown_model_is_404_model_not_found(client) -> None:
         ),
         (
             json.dumps(
-                {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}
+                {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 10**6,
+                }
             ).encode(),
             "max_tokens",
         ),

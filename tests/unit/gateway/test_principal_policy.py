@@ -42,7 +42,9 @@ async def test_max_tokens_over_team_cap_is_400(client, batch_team) -> None:
     assert "at most 8" in exc.value.message
 
 
-async def test_batch_class_becomes_lower_vllm_priority(client, gateway, batch_team, monkeypatch) -> None:
+async def test_batch_class_becomes_lower_vllm_priority(
+    client, gateway, batch_team, monkeypatch
+) -> None:
     seen = []
     backend: EngineBackend = gateway.state.gateway.backends[MODEL]
     original = backend.call
