@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_KEY_PREFIX = "llmp_dev_"
+ADMIN_TOKEN_PREFIX = "llmp_admin_"
 _MAX_RAY_TEMP_LEN = 40
 
 
@@ -50,6 +51,45 @@ class GatewaySettings(BaseModel):
         description="Gateway replicas serve HTTP themselves (ports port..port+replicas-1) "
         "instead of behind the Serve proxy: one hop less per token (~15% throughput on "
         "2 cores). The proxy then listens on an internal port only.",
+    )
+
+
+class KeyStoreSettings(BaseModel):
+    """Where teams and API keys live."""
+
+    backend: Literal["file", "kubernetes"] = Field(
+        "file", description="'file': YAML under home; 'kubernetes': Secrets in a namespace."
+    )
+    path: Path | None = Field(None, description="File store path; default <home>/teams.yaml.")
+    namespace: str = Field("llmplat", description="Namespace of the Kubernetes store's Secrets.")
+
+
+class QuotaSettings(BaseModel):
+    """Where quota counters live and what happens when that store is down."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="'memory' is exact for one gateway replica; several replicas need 'redis'.",
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:port/db (a secret: it may hold a password)."
+    )
+    on_store_error: Literal["closed", "open"] = Field(
+        "closed",
+        description="'closed' refuses requests with 503 while Redis is unreachable; "
+        "'open' admits them unmetered.",
+    )
+    key_prefix: str = Field("llmplat:quota", description="Prefix of every Redis key.")
+    lease_s: float = Field(
+        900.0, gt=0, description="In-flight slots of a gateway that died free after this."
+    )
+
+
+class AuditSettings(BaseModel):
+    """The audit log: one JSON line per request, never prompt or completion text."""
+
+    sink: str | None = Field(
+        None, description="A file path, '-' for stdout, 'none' to disable; default <home>/audit.log."
     )
 
 
@@ -88,8 +128,16 @@ class Settings(BaseSettings):
     dev_api_key: SecretStr | None = Field(
         None, description="The dev team's key; generated and printed when unset in dev mode."
     )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the /admin/ API; generated in dev mode, "
+        "the admin API is off in production without it.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    keystore: KeyStoreSettings = Field(default_factory=KeyStoreSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     cpu: CpuEngineSettings = Field(default_factory=CpuEngineSettings)
     ray_address: str | None = Field(
         None, description="Connect to this Ray cluster instead of starting a local one."
@@ -102,7 +150,25 @@ class Settings(BaseSettings):
     def _secrets_required_outside_dev(self) -> Settings:
         if self.mode == "production" and self.dev_api_key is not None:
             raise ValueError("LLMPLAT_DEV_API_KEY is a dev-mode setting; unset it in production")
+        if self.quotas.backend == "redis" and self.quotas.redis_url is None:
+            raise ValueError("LLMPLAT_QUOTAS__BACKEND=redis needs LLMPLAT_QUOTAS__REDIS_URL")
+        if self.quotas.backend == "memory" and self.gateway.replicas > 1:
+            raise ValueError(
+                f"{self.gateway.replicas} gateway replicas with in-process quotas would admit "
+                f"{self.gateway.replicas}x every limit; set LLMPLAT_QUOTAS__BACKEND=redis"
+            )
         return self
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.keystore.path or self.home / "teams.yaml"
+
+    @property
+    def audit_sink(self) -> str | None:
+        sink = self.audit.sink
+        if sink is None:
+            return str(self.home / "audit.log")
+        return None if sink == "none" else sink
 
     def resolved_config(self) -> Path:
         return self.config if self.config is not None else self.config_dir / "local.yaml"
@@ -128,8 +194,12 @@ class Settings(BaseSettings):
         return self.home / "cache"
 
     def with_dev_key(self) -> Settings:
-        """Return settings whose dev key is set, generating one in dev mode."""
-        if self.dev_api_key is not None or self.mode != "dev":
+        """Return settings whose dev key and admin token are set, generating them in dev mode."""
+        if self.mode != "dev":
             return self
-        key = DEV_KEY_PREFIX + secrets.token_urlsafe(32)
-        return self.model_copy(update={"dev_api_key": SecretStr(key)})
+        update: dict[str, SecretStr] = {}
+        if self.dev_api_key is None:
+            update["dev_api_key"] = SecretStr(DEV_KEY_PREFIX + secrets.token_urlsafe(32))
+        if self.admin_token is None:
+            update["admin_token"] = SecretStr(ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32))
+        return self.model_copy(update=update) if update else self

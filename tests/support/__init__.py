@@ -12,11 +12,13 @@ from llmplat.engine.llm_config import build_llm_config
 from llmplat.settings import Settings
 
 DEV_KEY = "llmp_dev_unit-test-key-0123456789abcdef"
+ADMIN_TOKEN = "llmp_admin_unit-test-token-0123456789"
 MODEL = "tiny-mixtral"
 PLAIN_MODEL = "plain-model"  # a model without a FIM-capable tokenizer
 V3_TOKENIZER = (
     Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
 )
+V1_TOKENIZER = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 
 
 def make_engine(settings: Settings, model_id: str, max_model_len: int = 256) -> FakeEngine:

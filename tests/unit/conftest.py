@@ -11,12 +11,15 @@ import openai
 import pytest
 from pydantic import SecretStr
 
-from llmplat.auth.dev import DevKeyAuthenticator
+from fastapi import FastAPI
+
+from llmplat.auth.file_store import FileKeyStore
 from llmplat.gateway.app import create_app
+from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import EngineBackend
-from llmplat.gateway.state import GatewayConfig, GatewayModel, RequestRecord, build_state
+from llmplat.gateway.state import GatewayConfig, GatewayModel, RequestRecord
 from llmplat.settings import Settings
-from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, make_engine
+from support import ADMIN_TOKEN, DEV_KEY, MODEL, PLAIN_MODEL, V1_TOKENIZER, V3_TOKENIZER, make_engine
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +31,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     fim_dir = tmp_path_factory.mktemp("fim-model")
     shutil.copy(V3_TOKENIZER, fim_dir / "tokenizer.model.v3")
-    return {MODEL: fim_dir, PLAIN_MODEL: tmp_path_factory.mktemp("plain-model")}
+    plain_dir = tmp_path_factory.mktemp("plain-model")
+    shutil.copy(V1_TOKENIZER, plain_dir / "tokenizer.model.v1")  # no FIM control tokens
+    return {MODEL: fim_dir, PLAIN_MODEL: plain_dir}
 
 
 @pytest.fixture
@@ -37,7 +42,25 @@ def records() -> list[RequestRecord]:
 
 
 @pytest.fixture
-async def gateway(settings: Settings, model_dirs: dict[str, Path], records: list[RequestRecord]):
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.log"
+
+
+@pytest.fixture
+def key_store(tmp_path: Path) -> FileKeyStore:
+    return FileKeyStore(tmp_path / "teams.yaml", poll_interval_s=0.1)
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings,
+    model_dirs: dict[str, Path],
+    records: list[RequestRecord],
+    key_store: FileKeyStore,
+    audit_path: Path,
+) -> AsyncIterator[FastAPI]:
+    """The whole request pipeline of a replica (file key store, in-process quotas, audit),
+    the shared fake engine behind it, its lifespan running."""
     engines = {m: make_engine(settings, m) for m in (MODEL, PLAIN_MODEL)}
     for e in engines.values():
         await e.start()
@@ -48,14 +71,16 @@ async def gateway(settings: Settings, model_dirs: dict[str, Path], records: list
         ),
         dev_api_key=SecretStr(DEV_KEY),
         max_request_bytes=64 * 1024,
+        admin_token=SecretStr(ADMIN_TOKEN),
+        keystore_path=str(key_store.path),
+        audit_sink=str(audit_path),
     )
-    state = build_state(
-        config,
-        DevKeyAuthenticator(config.dev_api_key),
-        {m: EngineBackend(e) for m, e in engines.items()},
-    )
-    state.on_finish = records.append
-    return create_app(state)
+    state = assemble_state(config, {m: EngineBackend(e) for m, e in engines.items()})
+    audit = state.on_finish
+    state.on_finish = lambda rec: (records.append(rec), audit(rec))
+    app = create_app(state)
+    async with app.router.lifespan_context(app):
+        yield app
 
 
 @pytest.fixture

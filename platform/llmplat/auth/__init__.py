@@ -1,6 +1,6 @@
-"""Who is calling: API keys → a Principal. Team keys and stores plug in here."""
+"""Who is calling: API keys → a Principal; teams and keys in a key store."""
 
 from llmplat.auth.base import Authenticator, Principal
-from llmplat.auth.dev import DevKeyAuthenticator
+from llmplat.auth.registry_auth import RegistryAuthenticator
 
-__all__ = ["Authenticator", "DevKeyAuthenticator", "Principal"]
+__all__ = ["Authenticator", "Principal", "RegistryAuthenticator"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
-PriorityClass = Literal["interactive", "batch"]
+from llmplat.config.teams import Limits, PriorityClass
 
 VLLM_PRIORITY: dict[PriorityClass, int] = {"interactive": 0, "batch": 10}
 """vLLM's priority scheduler serves lower numbers first."""
@@ -21,7 +21,8 @@ class Principal:
     """Models the team may use; None means all."""
     priority_class: PriorityClass = "interactive"
     max_tokens_cap: int | None = None
-    scopes: frozenset[str] = field(default_factory=frozenset)
+    team_limits: Limits = field(default_factory=Limits)
+    key_limits: Limits = field(default_factory=Limits)
 
     @property
     def vllm_priority(self) -> int:

@@ -159,6 +159,7 @@ class FakeEngine(LLMEngine):
             return
         opts = request.stream_options
         include_usage = bool(opts and opts.include_usage)
+        continuous = include_usage and bool(opts and opts.continuous_usage_stats)
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(choices: list[dict], **extra: Any) -> str:
@@ -166,8 +167,19 @@ class FakeEngine(LLMEngine):
             body.update(choices=choices, **extra)
             return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
+        def so_far(done: int) -> dict[str, Any]:
+            if not continuous:
+                return {}
+            return {
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": done,
+                    "total_tokens": prompt_tokens + done,
+                }
+            }
+
         if chat:
-            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}])
+            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}], **so_far(0))
         for i, word in enumerate(words):
             if i == 2 and FAIL_MID_STREAM in text:
                 raise FakeEngineError("engine failed mid-stream")
@@ -179,7 +191,7 @@ class FakeEngine(LLMEngine):
                 choice = {"index": 0, "delta": {"content": piece}, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": piece, "finish_reason": finish}
-            yield chunk([choice])
+            yield chunk([choice], **so_far(i + 1))
         if include_usage:
             yield chunk([], usage=usage)
         yield "data: [DONE]\n\n"

@@ -8,16 +8,21 @@ learn usage, record the outcome once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
+from collections.abc import AsyncIterator
 import uuid
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmplat.auth.base import Principal
 from llmplat.engine.protocol import ErrorResponse
+from llmplat.gateway.admin_routes import admin_router, team_router
 from llmplat.gateway.backends import Method
 from llmplat.gateway.errors import (
     APIError,
@@ -36,7 +41,8 @@ from llmplat.gateway.requests import (
     requested_model,
 )
 from llmplat.gateway.state import GatewayModel, GatewayState, RequestRecord
-from llmplat.gateway.streaming import StreamOutcome, Usage, relay_stream
+from llmplat.gateway.streaming import CLIENT_DISCONNECTED, StreamOutcome, Usage, relay_stream
+from llmplat.quotas.service import Admitted
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +51,26 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def create_app(state: GatewayState) -> FastAPI:
     """Build the ASGI app of one gateway replica."""
-    app = FastAPI(title="llmplat", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for hook in state.on_startup:
+            await _maybe_await(hook())
+        try:
+            yield
+        finally:
+            for hook in state.on_shutdown:
+                try:
+                    await _maybe_await(hook())
+                except Exception:
+                    log.exception("shutdown hook failed")
+
+    app = FastAPI(
+        title="llmplat", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.gateway = state
     _install_error_handlers(app)
+    app.include_router(admin_router(state))
+    app.include_router(team_router(state))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -88,6 +111,11 @@ def create_app(state: GatewayState) -> FastAPI:
         return await _generate(state, request, "completions")
 
     return app
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -179,22 +207,77 @@ def _validate(
     return model, parsed
 
 
+def _reservation_tokens(
+    state: GatewayState, model: GatewayModel, parsed: ParsedRequest, principal: Principal
+) -> int:
+    """Prompt tokens (the model's tokenizer) plus the most the request may generate.
+
+    Without ``max_tokens`` the engine may fill the context; a team cap then becomes the
+    request's ``max_tokens``, so the reservation and the engine agree.
+    """
+    req = parsed.request
+    size = state.counters[model.model_id].measure(req)
+    if size.longest >= model.max_model_len:
+        raise InvalidRequest(
+            f"This model's maximum context length is {model.max_model_len} tokens, but the "
+            f"prompt has {size.longest} tokens. Shorten the prompt.",
+            param="messages" if method_of(req) == "chat" else "prompt",
+            code="context_length_exceeded",
+        )
+    attr = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+    max_tokens = getattr(req, attr)
+    if max_tokens is None and principal.max_tokens_cap is not None:
+        max_tokens = min(principal.max_tokens_cap, model.max_model_len - size.longest)
+        req.max_tokens = max_tokens
+    if max_tokens is None:
+        max_tokens = model.max_model_len - size.longest
+    choices = max(int(getattr(req, "n", None) or 1), 1)
+    return size.tokens + size.prompts * choices * max_tokens
+
+
+def method_of(req: Any) -> Method:
+    return "chat" if hasattr(req, "messages") else "completions"
+
+
 async def _generate(state: GatewayState, request: Request, method: Method) -> Response:
-    started = state.clock()
-    principal = await _authenticate(state, request)
-    body = await read_json_body(request, state.config.max_request_bytes)
-    model, parsed = _validate(state, principal, body, method)
     record = RequestRecord(
-        team=principal.team,
-        key_id=principal.key_id,
-        model=model.model_id,
         endpoint=method,
-        stream=parsed.stream,
-        status=200,
-        started=started,
+        started=state.clock(),
+        request_id=uuid.uuid4().hex,
+        client=request.client.host if request.client else None,
     )
-    request_id = uuid.uuid4().hex
-    headers = {"x-request-id": request_id}
+    headers = {"x-request-id": record.request_id}
+    admitted: Admitted | None = None
+    try:
+        principal = await _authenticate(state, request)
+        record.team, record.key_id = principal.team, principal.key_id
+        body = await read_json_body(request, state.config.max_request_bytes)
+        model, parsed = _validate(state, principal, body, method)
+        record.model, record.stream = model.model_id, parsed.stream
+        tokens = _reservation_tokens(state, model, parsed, principal)
+        admitted = await state.quotas.admit(principal, tokens)
+        headers.update(admitted.headers)
+        return await _forward(state, record, model, parsed, method, admitted, headers)
+    except APIError as err:
+        err.headers = {**headers, **err.headers}
+        record.error_code = err.code or err.type
+        await _finish(state, record, admitted, err.status, error=err.message)
+        raise
+    except Exception as exc:
+        record.error_code = "internal_error"
+        await _finish(state, record, admitted, 500, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+async def _forward(
+    state: GatewayState,
+    record: RequestRecord,
+    model: GatewayModel,
+    parsed: ParsedRequest,
+    method: Method,
+    admitted: Admitted,
+    headers: dict[str, str],
+) -> Response:
     call = state.backends[model.model_id].call(method, parsed.request)
     upstream = call.__aiter__()
     try:
@@ -203,25 +286,23 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         raise
     except (StopAsyncIteration, TimeoutError, Exception) as exc:
         call.cancel()
-        err = UpstreamError(
-            "The model failed before answering; retry the request.", code="engine_error"
-        )
-        if isinstance(exc, TimeoutError):
-            err = UpstreamError("The model did not answer in time.", status=504, code="timeout")
         log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
-        _finish(state, record, err.status, error=f"{type(exc).__name__}: {exc}")
-        raise err from exc
+        if isinstance(exc, TimeoutError):
+            raise UpstreamError(
+                "The model did not answer in time.", status=504, code="timeout"
+            ) from exc
+        raise UpstreamError(
+            "The model failed before answering; retry the request.", code="engine_error"
+        ) from exc
 
     head = first[0] if isinstance(first, list) and first else first
     if isinstance(head, ErrorResponse):
-        err = from_engine_error(head.error.message, head.error.code, head.error.param)
-        _finish(state, record, err.status, error=err.message)
-        raise err
+        raise from_engine_error(head.error.message, head.error.code, head.error.param)
 
     if not parsed.stream:
         usage = getattr(first, "usage", None)
         record.usage = Usage(usage.prompt_tokens, usage.completion_tokens or 0) if usage else None
-        _finish(state, record, 200)
+        await _finish(state, record, admitted, 200)
         return JSONResponse(first.model_dump(), headers=headers)
 
     outcome = StreamOutcome()
@@ -233,6 +314,7 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
                 first,
                 upstream,
                 client_wants_usage=parsed.client_wants_usage,
+                client_wants_continuous_usage=parsed.client_wants_continuous_usage,
                 outcome=outcome,
                 clock=state.clock,
             ):
@@ -240,24 +322,43 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         finally:
             record.usage = outcome.usage
             if outcome.first_chunk_at is not None:
-                record.first_token_s = outcome.first_chunk_at - started
+                record.first_token_s = outcome.first_chunk_at - record.started
             if outcome.finished:
                 status = 200
+            elif outcome.error == CLIENT_DISCONNECTED:
+                status = 499
             else:
-                status = 499 if outcome.error == "client disconnected" else 502
-            _finish(state, record, status, error=outcome.error)
+                status = 502
+                record.error_code = "engine_error"
+            # Shielded: a disconnect cancels this generator's scope, yet billing must happen.
+            with anyio.CancelScope(shield=True):
+                await _finish(state, record, admitted, status, error=outcome.error)
 
     return StreamingResponse(
         body_iter(), media_type="text/event-stream", headers=headers | _SSE_HEADERS
     )
 
 
-def _finish(
-    state: GatewayState, record: RequestRecord, status: int, error: str | None = None
+async def _finish(
+    state: GatewayState,
+    record: RequestRecord,
+    admitted: Admitted | None,
+    status: int,
+    error: str | None = None,
 ) -> None:
+    """Settle the quota reservation and record the outcome, exactly once per request.
+
+    Billing: success and client disconnects pay for the tokens the engine processed;
+    engine failures and refusals release the reservation.
+    """
     record.status = status
     record.error = error
     record.ended = state.clock()
+    if admitted is not None:
+        billable = status == 200 or status == 499
+        usage = record.usage
+        actual = usage.prompt_tokens + usage.completion_tokens if usage and billable else 0
+        await state.quotas.settle(admitted, actual)
     try:
         state.on_finish(record)
     except Exception:  # recording must never break serving

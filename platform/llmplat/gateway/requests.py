@@ -84,18 +84,25 @@ class ParsedRequest:
     request: GenerationRequest
     stream: bool
     client_wants_usage: bool
+    client_wants_continuous_usage: bool = False
 
 
-def _prepare_stream_usage(body: dict[str, Any]) -> bool:
-    """Always ask the engine for a usage chunk; report whether the client wanted it."""
+def _prepare_stream_usage(body: dict[str, Any]) -> tuple[bool, bool]:
+    """Ask the engine for usage on every chunk (so a stream cut short is billed for what it
+    generated); report whether the client wanted the final usage chunk, and per-chunk usage."""
     if not body.get("stream"):
-        return False
+        return False, False
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
     wants = bool((opts or {}).get("include_usage"))
-    body["stream_options"] = {**(opts or {}), "include_usage": True}
-    return wants
+    continuous = wants and bool((opts or {}).get("continuous_usage_stats"))
+    body["stream_options"] = {
+        **(opts or {}),
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
+    return wants, continuous
 
 
 def _validate_model(cls: type[M], body: dict[str, Any]) -> M:
@@ -119,18 +126,18 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
         )
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    wants = _prepare_stream_usage(body)
+    wants, continuous = _prepare_stream_usage(body)
     req = _validate_model(ChatCompletionRequest, body)
-    return ParsedRequest(req, bool(req.stream), wants)
+    return ParsedRequest(req, bool(req.stream), wants, continuous)
 
 
 def parse_completion(body: dict[str, Any], fim: FimEncoder | None, model: str) -> ParsedRequest:
     suffix = body.pop("suffix", None)
     if suffix is not None:
         _apply_fim(body, suffix, fim, model)
-    wants = _prepare_stream_usage(body)
+    wants, continuous = _prepare_stream_usage(body)
     req = _validate_model(CompletionRequest, body)
-    return ParsedRequest(req, bool(req.stream), wants)
+    return ParsedRequest(req, bool(req.stream), wants, continuous)
 
 
 def _apply_fim(body: dict[str, Any], suffix: Any, fim: FimEncoder | None, model: str) -> None:

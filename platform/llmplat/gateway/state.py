@@ -7,13 +7,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
+from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.base import Authenticator
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
 from llmplat.gateway.streaming import Usage
+from llmplat.gateway.tokens import PromptCounter
+from llmplat.quotas.memory import MemoryQuotaStore
+from llmplat.quotas.service import QuotaService
+from llmplat.settings import KeyStoreSettings, QuotaSettings
 
 log = logging.getLogger("llmplat.requests")
 
@@ -37,29 +43,43 @@ class GatewayConfig:
     max_request_bytes: int = 1 << 20
     request_timeout_s: float = 600.0
     ready_timeout_s: float = 5.0
+    admin_token: SecretStr | None = None
+    keystore: KeyStoreSettings = field(default_factory=KeyStoreSettings)
+    keystore_path: str = ""
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
+    audit_sink: str | None = None
 
 
 @dataclass
 class RequestRecord:
-    """The outcome of one generation request, handed to ``on_finish`` exactly once."""
+    """The outcome of one generation request, handed to ``on_finish`` exactly once.
 
-    team: str
-    key_id: str
-    model: str
+    ``team``/``key_id``/``model`` are None when the request failed before they were known.
+    """
+
     endpoint: str
-    stream: bool
-    status: int
     started: float
+    wall_started: float = field(default_factory=time.time)
+    request_id: str = ""
+    client: str | None = None
+    team: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
     ended: float = 0.0
     usage: Usage | None = None
     first_token_s: float | None = None
     error: str | None = None
+    """Internal detail for the server log; never sent to the audit sink."""
+    error_code: str | None = None
 
 
 def log_record(record: RequestRecord) -> None:
     usage = record.usage or Usage()
     log.info(
-        "%s %s team=%s model=%s status=%d prompt=%d completion=%d latency_ms=%.1f%s",
+        "%s %s %s team=%s model=%s status=%d prompt=%d completion=%d latency_ms=%.1f%s",
+        record.request_id,
         record.endpoint,
         "stream" if record.stream else "unary",
         record.team,
@@ -78,8 +98,15 @@ class GatewayState:
     authenticator: Authenticator
     backends: dict[str, ModelBackend]
     fim: dict[str, FimEncoder | None]
+    counters: dict[str, PromptCounter]
+    quotas: QuotaService
     on_finish: Callable[[RequestRecord], None] = log_record
     clock: Callable[[], float] = time.perf_counter
+    admin: KeyAdmin | None = None
+    admin_token: SecretStr | None = None
+    on_startup: list[Callable[[], Any]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Any]] = field(default_factory=list)
+    """Called (and awaited when they return awaitables) by the app's lifespan."""
 
     def model(self, model_id: str) -> GatewayModel | None:
         return next((m for m in self.config.models if m.model_id == model_id), None)
@@ -89,9 +116,18 @@ def build_state(
     config: GatewayConfig,
     authenticator: Authenticator,
     backends: dict[str, ModelBackend],
+    quotas: QuotaService | None = None,
 ) -> GatewayState:
     missing = {m.model_id for m in config.models} - set(backends)
     if missing:
         raise ValueError(f"no backend for models: {', '.join(sorted(missing))}")
     fim = {m.model_id: load_fim_encoder(Path(m.model_dir)) for m in config.models}
-    return GatewayState(config=config, authenticator=authenticator, backends=backends, fim=fim)
+    counters = {m.model_id: PromptCounter(m.model_dir) for m in config.models}
+    return GatewayState(
+        config=config,
+        authenticator=authenticator,
+        backends=backends,
+        fim=fim,
+        counters=counters,
+        quotas=quotas or QuotaService(MemoryQuotaStore()),
+    )

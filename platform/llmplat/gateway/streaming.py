@@ -20,6 +20,7 @@ from llmplat.gateway.errors import UpstreamError, from_engine_error, sse_error_e
 log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
+CLIENT_DISCONNECTED = "client disconnected"
 
 
 @dataclass
@@ -58,6 +59,20 @@ def _usage_of(chunk: str) -> Usage | None:
         return None
 
 
+def _take_usage(chunk: str, keep: bool) -> tuple[str, Usage | None]:
+    """The usage a content chunk carries (continuous usage stats), and the chunk as the client
+    should see it: unchanged when it asked for per-chunk usage, else without the field."""
+    try:
+        data = json.loads(chunk[len("data: ") :])
+        usage = Usage.from_dict(data.get("usage"))
+    except (ValueError, AttributeError):
+        return chunk, None
+    if keep:
+        return chunk, usage
+    data.pop("usage", None)
+    return f"data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n", usage
+
+
 def _error_message(chunk: str) -> str:
     try:
         return str(json.loads(chunk[len("data: ") :])["error"].get("message"))
@@ -72,6 +87,7 @@ async def relay_stream(
     *,
     client_wants_usage: bool,
     outcome: StreamOutcome,
+    client_wants_continuous_usage: bool = False,
     clock: Any,
 ) -> AsyncIterator[str]:
     """Yield SSE text for the client; ``first`` is the already-read first batch."""
@@ -98,6 +114,9 @@ async def relay_stream(
                     if not client_wants_usage:
                         continue
                 else:
+                    if '"usage":{' in item:
+                        item, usage = _take_usage(item, client_wants_continuous_usage)
+                        outcome.usage = usage or outcome.usage
                     outcome.chunks += 1
                     if outcome.first_chunk_at is None:
                         outcome.first_chunk_at = clock()
@@ -123,6 +142,6 @@ async def relay_stream(
     finally:
         if not outcome.finished:
             if outcome.error is None:
-                outcome.error = "client disconnected"
+                outcome.error = CLIENT_DISCONNECTED
             # Stop the engine working for nobody (client gone, or stream broken).
             call.cancel()

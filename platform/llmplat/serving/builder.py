@@ -53,6 +53,11 @@ def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfi
         max_request_bytes=gw.max_request_bytes,
         request_timeout_s=gw.request_timeout_s,
         ready_timeout_s=gw.ready_timeout_s,
+        admin_token=settings.admin_token,
+        keystore=settings.keystore,
+        keystore_path=str(settings.keystore_path),
+        quotas=settings.quotas,
+        audit_sink=settings.audit_sink,
     )
 
 

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 
-from llmplat.auth.dev import DevKeyAuthenticator
 from llmplat.gateway.app import create_app
+from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import ServeBackend
-from llmplat.gateway.state import GatewayConfig, build_state
+from llmplat.gateway.state import GatewayConfig
 
 
 @serve.ingress()
@@ -20,10 +20,8 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, models: dict[str, Any]) -> None:
         logging.getLogger("llmplat").setLevel(logging.INFO)
-        if config.dev_api_key is None:
-            raise ValueError("the gateway needs an authenticator: set LLMPLAT_DEV_API_KEY")
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
-        self._state = build_state(config, DevKeyAuthenticator(config.dev_api_key), backends)
+        self._state = assemble_state(config, backends)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)

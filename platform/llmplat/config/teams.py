@@ -1,0 +1,77 @@
+"""Typed teams, API key records and quota limits (what the key stores persist)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PriorityClass = Literal["interactive", "batch"]
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+"""Team names are DNS labels: they become Kubernetes object names and metric labels."""
+KEY_ID_PATTERN = r"^[a-z0-9]{4,32}$"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Record):
+    """Quota limits of a team or a key. ``None`` is unlimited."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests admitted per minute.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt + completion tokens per minute (reserved at admission)."
+    )
+    tokens_per_day: int | None = Field(None, ge=1, description="Tokens per UTC day.")
+    concurrent_requests: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+    def is_unlimited(self) -> bool:
+        return all(v is None for v in self.model_dump().values())
+
+
+class Team(_Record):
+    """A tenant of the platform: what it may use, how much, and how urgently."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="DNS label, e.g. 'ide' or 'ci-main'.")
+    models: tuple[str, ...] | None = Field(
+        None, description="Model ids the team may use; None allows every served model."
+    )
+    priority_class: PriorityClass = Field(
+        "interactive", description="'interactive' requests are scheduled ahead of 'batch'."
+    )
+    max_tokens_cap: int | None = Field(
+        None, ge=1, description="Largest max_tokens a request may ask for (and the default)."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Team-wide quotas.")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKeyRecord(_Record):
+    """A stored key: its id and the SHA-256 of its secret, never the secret itself."""
+
+    key_id: str = Field(..., pattern=KEY_ID_PATTERN)
+    team: str = Field(..., pattern=NAME_PATTERN)
+    name: str = Field("", max_length=128, description="What the key is for, e.g. 'github-ci'.")
+    secret_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked: bool = False
+    limits: Limits = Field(
+        default_factory=Limits, description="Per-key quotas on top of the team's (CI keys)."
+    )
+
+    def is_active(self, now: datetime) -> bool:
+        return not self.revoked and (self.expires_at is None or now < self.expires_at)
+
+
+class Registry(_Record):
+    """Every team and key: one consistent snapshot of a key store."""
+
+    teams: dict[str, Team] = Field(default_factory=dict)
+    keys: dict[str, ApiKeyRecord] = Field(default_factory=dict)

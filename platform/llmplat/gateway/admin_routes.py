@@ -1,0 +1,211 @@
+"""``/admin/`` (admin token) and the team's own view (``/v1/usage``, team key).
+
+The admin API is the HTTP face of :class:`KeyAdmin`, the same code the CLI runs. Store
+calls are blocking (file or Kubernetes API), so they run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmplat.auth.admin import InvalidAdminRequest, IssuedKey, KeyAdmin
+from llmplat.auth.base import Principal, bearer_token
+from llmplat.auth.store import ConflictError, NotFoundError, StoreError
+from llmplat.config.teams import ApiKeyRecord, Limits, Team
+from llmplat.gateway.errors import (
+    APIError,
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ServiceUnavailable,
+)
+from llmplat.gateway.requests import read_json_body
+from llmplat.gateway.state import GatewayState
+from llmplat.quotas.model import ScopeUsage
+
+
+class Conflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+
+
+class NewKeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    expires_in_days: float | None = Field(None, gt=0)
+    limits: Limits = Field(default_factory=Limits)
+
+
+def key_view(key: ApiKeyRecord) -> dict[str, Any]:
+    """A key as listed: everything but the hash."""
+    return key.model_dump(mode="json", exclude={"secret_sha256"})
+
+
+def issued_view(issued: IssuedKey) -> dict[str, Any]:
+    return {**key_view(issued.record), "key": issued.plaintext}
+
+
+def usage_view(usage: ScopeUsage) -> dict[str, Any]:
+    return {
+        "scope": usage.scope,
+        "limits": usage.limits.model_dump(),
+        "requests_this_minute": usage.requests_this_minute,
+        "tokens_this_minute": usage.tokens_this_minute,
+        "tokens_today": usage.tokens_today,
+        "in_flight": usage.in_flight,
+        "minute_resets_in_s": round(usage.minute_reset_s, 3),
+        "day_resets_in_s": round(usage.day_reset_s, 3),
+    }
+
+
+def _store_error(exc: StoreError) -> APIError:
+    if isinstance(exc, NotFoundError):
+        return NotFound(str(exc), code="not_found")
+    if isinstance(exc, ConflictError):
+        return Conflict(str(exc), code="conflict")
+    if isinstance(exc, InvalidAdminRequest):
+        return InvalidRequest(str(exc))
+    return ServiceUnavailable(f"The key store failed: {exc}", code="key_store_unavailable")
+
+
+async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except StoreError as exc:
+        raise _store_error(exc) from exc
+
+
+def _require_admin(state: GatewayState, request: Request) -> KeyAdmin:
+    if state.admin is None or state.admin_token is None:
+        raise NotFound(
+            "The admin API is disabled: set LLMPLAT_ADMIN_TOKEN to enable it.",
+            code="admin_disabled",
+        )
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
+    if not hmac.compare_digest(token.encode(), state.admin_token.get_secret_value().encode()):
+        raise PermissionDenied(
+            "This credential may not use the admin API.", code="admin_token_required"
+        )
+    return state.admin
+
+
+async def _object_body(request: Request, state: GatewayState) -> dict[str, Any]:
+    return await read_json_body(request, state.config.max_request_bytes)
+
+
+def admin_router(state: GatewayState) -> APIRouter:
+    router = APIRouter(prefix="/admin")
+
+    @router.get("/teams")
+    async def list_teams(request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        teams: list[Team] = await _run(admin.list_teams)
+        return {"object": "list", "data": [t.model_dump(mode="json") for t in teams]}
+
+    @router.post("/teams", status_code=201)
+    async def create_team(request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        team: Team = await _run(admin.create_team, await _object_body(request, state))
+        return team.model_dump(mode="json")
+
+    @router.get("/teams/{name}")
+    async def get_team(name: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        team: Team = await _run(admin.get_team, name)
+        return team.model_dump(mode="json")
+
+    @router.patch("/teams/{name}")
+    async def update_team(name: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        team: Team = await _run(admin.update_team, name, await _object_body(request, state))
+        return team.model_dump(mode="json")
+
+    @router.delete("/teams/{name}")
+    async def delete_team(name: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        await _run(admin.delete_team, name)
+        return {"deleted": name}
+
+    @router.get("/teams/{name}/usage")
+    async def team_usage(name: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        team: Team = await _run(admin.get_team, name)
+        usage = await state.quotas.usage(
+            Principal(team=team.name, key_id="-", team_limits=team.limits)
+        )
+        return {"team": team.name, "usage": [usage_view(u) for u in usage]}
+
+    @router.get("/keys")
+    async def list_keys(request: Request, team: str | None = None) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        keys: list[ApiKeyRecord] = await _run(admin.list_keys, team)
+        return {"object": "list", "data": [key_view(k) for k in keys]}
+
+    @router.post("/teams/{name}/keys", status_code=201)
+    async def create_key(name: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        try:
+            body = NewKeyBody.model_validate(await _object_body(request, state))
+        except ValueError as exc:
+            raise InvalidRequest(f"Invalid key request: {exc}") from exc
+        expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
+        issued: IssuedKey = await _run(
+            admin.create_key, name, name=body.name, expires_in=expires, limits=body.limits
+        )
+        return issued_view(issued)
+
+    @router.post("/keys/{key_id}/revoke")
+    async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        return key_view(await _run(admin.revoke_key, key_id))
+
+    @router.post("/keys/{key_id}/rotate", status_code=201)
+    async def rotate_key(key_id: str, request: Request) -> dict[str, Any]:
+        admin = _require_admin(state, request)
+        return issued_view(await _run(admin.rotate_key, key_id))
+
+    return router
+
+
+def team_router(state: GatewayState) -> APIRouter:
+    """What a team key may read about its own team, and nothing about any other."""
+    router = APIRouter(prefix="/v1")
+
+    async def own_usage(request: Request) -> dict[str, Any]:
+        principal = await state.authenticator.authenticate(request.headers.get("authorization"))
+        usage = await state.quotas.usage(principal)
+        return {
+            "team": principal.team,
+            "key_id": principal.key_id,
+            "priority_class": principal.priority_class,
+            "max_tokens_cap": principal.max_tokens_cap,
+            "models": sorted(principal.models) if principal.models is not None else None,
+            "usage": [usage_view(u) for u in usage],
+            "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+
+    @router.get("/usage")
+    async def usage(request: Request) -> dict[str, Any]:
+        return await own_usage(request)
+
+    @router.get("/teams/{name}/usage")
+    async def named_usage(name: str, request: Request) -> dict[str, Any]:
+        principal = await state.authenticator.authenticate(request.headers.get("authorization"))
+        if principal.team != name:
+            raise PermissionDenied(
+                f"Your key belongs to team '{principal.team}'; it cannot read team '{name}'.",
+                code="other_team",
+            )
+        return await own_usage(request)
+
+    return router

@@ -1,0 +1,43 @@
+"""Wire one gateway replica: key store → authenticator, quota store, audit log, admin."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from llmplat.auth.admin import KeyAdmin
+from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
+from llmplat.gateway.backends import ModelBackend
+from llmplat.gateway.state import GatewayConfig, GatewayState, RequestRecord, build_state, log_record
+from llmplat.observability.audit import AuditLog
+from llmplat.quotas.service import QuotaService
+from llmplat.stores import open_key_store, open_quota_store
+
+
+def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> GatewayState:
+    """The full request pipeline of a replica. Background work starts with the app."""
+    key_store = open_key_store(config.keystore, Path(config.keystore_path))
+    authenticator = RegistryAuthenticator(key_store.load(), dev_key=config.dev_api_key)
+    quota_store = open_quota_store(config.quotas)
+    quotas = QuotaService(
+        quota_store,
+        fail_open=config.quotas.on_store_error == "open",
+        lease_s=config.quotas.lease_s,
+    )
+    state = build_state(config, authenticator, backends, quotas)
+    state.admin = KeyAdmin(key_store)
+    state.admin_token = config.admin_token
+    follower = StoreFollower(key_store, authenticator.update)
+    state.on_startup.append(lambda: follower.start(asyncio.get_running_loop()))
+    state.on_shutdown.append(follower.stop)
+    state.on_shutdown.append(quota_store.close)
+    if config.audit_sink is not None:
+        audit = AuditLog(config.audit_sink)
+
+        def record(rec: RequestRecord) -> None:
+            log_record(rec)
+            audit.write(rec)
+
+        state.on_finish = record
+        state.on_shutdown.append(audit.close)
+    return state

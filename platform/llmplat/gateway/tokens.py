@@ -1,0 +1,129 @@
+"""Count a request's prompt tokens with the model's own tokenizer (for quota admission).
+
+Mistral models: ``mistral_common`` encodes chat requests exactly as the model's template
+does. Other models: the Hugging Face tokenizer and its chat template. Conversations a
+tokenizer refuses to encode (the engine will answer those with a 400 itself) are counted
+as their text's tokens plus a per-message allowance; settlement corrects the reservation
+to the engine's exact usage either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from llmplat.engine.protocol import ChatCompletionRequest, GenerationRequest
+from llmplat.gateway.fim import find_fim_tokenizer
+
+log = logging.getLogger(__name__)
+
+PER_MESSAGE_ALLOWANCE = 8
+"""Template tokens per message when a conversation is counted from its text."""
+
+
+class TokenizerNotFound(Exception):
+    pass
+
+
+class _Tokenizer(Protocol):
+    def encode_text(self, text: str) -> list[int]: ...
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]: ...
+
+
+class _MistralTokenizer:
+    def __init__(self, path: Path) -> None:
+        from mistral_common.protocol.instruct.request import ChatCompletionRequest as MCRequest
+        from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+        self._tok = MistralTokenizer.from_file(str(path))
+        self._request = MCRequest
+
+    def encode_text(self, text: str) -> list[int]:
+        return self._tok.instruct_tokenizer.tokenizer.encode(text, bos=True, eos=False)
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return self._tok.encode_chat_completion(self._request.from_openai(messages=messages)).tokens
+
+
+class _HFTokenizer:
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self._tok.encode(text))
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return list(self._tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+
+
+def _load(model_dir: Path) -> _Tokenizer:
+    mistral = find_fim_tokenizer(model_dir)
+    if mistral is not None:
+        return _MistralTokenizer(mistral)
+    if (model_dir / "tokenizer.json").exists() or (model_dir / "tokenizer_config.json").exists():
+        return _HFTokenizer(model_dir)
+    raise TokenizerNotFound(
+        f"{model_dir}: no tokenizer (tokenizer.model.v*, tekken.json or tokenizer.json); "
+        "quota admission needs one to count prompt tokens"
+    )
+
+
+def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return texts
+
+
+@dataclass(frozen=True)
+class PromptSize:
+    tokens: int
+    """All prompt tokens of the request."""
+    longest: int
+    """The longest single prompt (bounds the default max_tokens)."""
+    prompts: int
+    """Prompts in the request (a completions request may batch several)."""
+
+
+class PromptCounter:
+    """Prompt tokens of chat and completion requests for one model."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        self._tok = _load(Path(model_dir))
+
+    def measure(self, request: GenerationRequest) -> PromptSize:
+        if isinstance(request, ChatCompletionRequest):
+            n = self._count_chat(request)
+            return PromptSize(n, n, 1)
+        lengths = _prompt_lengths(request.prompt, self._tok) or [0]
+        return PromptSize(sum(lengths), max(lengths), len(lengths))
+
+    def _count_chat(self, request: ChatCompletionRequest) -> int:
+        messages = [m if isinstance(m, dict) else dict(m) for m in request.messages]
+        try:
+            return len(self._tok.encode_chat(messages))
+        except Exception as exc:
+            log.debug("chat not encodable (%s); counting its text", type(exc).__name__)
+            texts = _message_texts(messages)
+            allowance = PER_MESSAGE_ALLOWANCE * len(messages)
+            return sum(len(self._tok.encode_text(t)) for t in texts) + allowance
+
+
+def _prompt_lengths(prompt: Any, tok: _Tokenizer) -> list[int]:
+    """Token counts of each prompt of a completions request (it may carry a batch)."""
+    if isinstance(prompt, str):
+        return [len(tok.encode_text(prompt))]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return [len(prompt)]
+    if isinstance(prompt, list):
+        return [n for p in prompt for n in _prompt_lengths(p, tok)]
+    return [0]

@@ -1,0 +1,1 @@
+"""Per-team and per-key quotas: reservation at admission, settlement at the end."""

@@ -1,0 +1,148 @@
+"""Admission and settlement for the gateway: quotas → HTTP semantics (429, 503, headers)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmplat.auth.base import Principal
+from llmplat.gateway.errors import RateLimited, ServiceUnavailable
+from llmplat.quotas.model import (
+    Admission,
+    LimitState,
+    QuotaExceeded,
+    QuotaStore,
+    QuotaStoreUnavailable,
+    Scope,
+    ScopeUsage,
+)
+
+log = logging.getLogger(__name__)
+
+_REASON_TEXT = {
+    "requests_per_minute": "requests per minute",
+    "tokens_per_minute": "tokens per minute",
+    "tokens_per_day": "tokens per day",
+    "concurrent_requests": "concurrent requests",
+}
+
+
+def format_reset(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{max(math.ceil(seconds * 1000), 1)}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(int(math.ceil(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{rest}s"
+
+
+def ratelimit_headers(requests: LimitState | None, tokens: LimitState | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for kind, state in (("requests", requests), ("tokens", tokens)):
+        if state is None:
+            continue
+        headers[f"x-ratelimit-limit-{kind}"] = str(state.limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(state.remaining, 0))
+        headers[f"x-ratelimit-reset-{kind}"] = format_reset(state.reset_s)
+    return headers
+
+
+def scopes_of(principal: Principal) -> list[Scope]:
+    """The team's scope, plus the key's when the key has limits of its own."""
+    scopes = [Scope(f"team:{principal.team}", principal.team_limits)]
+    if not principal.key_limits.is_unlimited():
+        scopes.append(Scope(f"key:{principal.key_id}", principal.key_limits))
+    return scopes
+
+
+@dataclass
+class Admitted:
+    """A granted admission (``admission`` is None when the store was down and we fail open)."""
+
+    admission: Admission | None
+    headers: dict[str, str]
+    settled: bool = False
+
+
+class QuotaService:
+    def __init__(
+        self,
+        store: QuotaStore,
+        *,
+        fail_open: bool = False,
+        lease_s: float = 900.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.fail_open = fail_open
+        self.lease_s = lease_s
+        self.clock = clock
+
+    async def admit(self, principal: Principal, tokens: int) -> Admitted:
+        """Reserve ``tokens`` and one request for the caller, or raise 429 / 503."""
+        try:
+            adm = await self.store.reserve(
+                scopes_of(principal), tokens, self.clock(), self.lease_s, uuid.uuid4().hex
+            )
+        except QuotaExceeded as exc:
+            raise _rate_limited(exc, principal) from None
+        except QuotaStoreUnavailable as exc:
+            if self.fail_open:
+                log.warning("quota store unreachable, admitting without quota: %s", exc)
+                return Admitted(None, {})
+            raise ServiceUnavailable(
+                "The quota store is unreachable, so no request can be admitted; retry shortly.",
+                code="quota_store_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+        return Admitted(adm, ratelimit_headers(adm.requests, adm.tokens))
+
+    async def settle(self, admitted: Admitted, actual_tokens: int) -> None:
+        """Bill the real usage (0 releases the tokens). Idempotent; never raises."""
+        if admitted.settled or admitted.admission is None:
+            return
+        admitted.settled = True
+        try:
+            await self.store.settle(admitted.admission.reservation, actual_tokens, self.clock())
+        except Exception as exc:  # the lease will free the slot; the tokens stay reserved
+            log.error("quota settlement failed (lease expiry will free the slot): %s", exc)
+
+    async def usage(self, principal: Principal) -> list[ScopeUsage]:
+        now = self.clock()
+        try:
+            return [await self.store.usage(s, now) for s in scopes_of(principal)]
+        except QuotaStoreUnavailable as exc:
+            raise ServiceUnavailable(
+                "The quota store is unreachable; usage cannot be read now.",
+                code="quota_store_unavailable",
+            ) from exc
+
+
+def _rate_limited(exc: QuotaExceeded, principal: Principal) -> RateLimited:
+    who = f"team '{principal.team}'" if exc.scope.startswith("team:") else (
+        f"key '{principal.key_id}'"
+    )
+    what = _REASON_TEXT[exc.reason]
+    headers = ratelimit_headers(exc.requests, exc.tokens)
+    if exc.never_fits:
+        return RateLimited(
+            f"Request too large for {who}: it needs up to {exc.requested} tokens (prompt + "
+            f"max_tokens) but the limit is {exc.limit} {what}. Lower max_tokens or shorten "
+            "the prompt.",
+            code="request_too_large",
+            headers=headers,
+        )
+    retry = max(1, math.ceil(exc.retry_after_s))
+    headers["Retry-After"] = str(retry)
+    return RateLimited(
+        f"Rate limit reached for {who} on {what}: limit {exc.limit}, used {exc.used}, "
+        f"requested {exc.requested}. Retry after {retry} s.",
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
