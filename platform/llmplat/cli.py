@@ -1,4 +1,4 @@
-"""`llmplat …`: serve the platform, build the embedded model."""
+"""`llmplat …`: serve the platform, build the embedded model, administer teams and keys."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from llmplat.cli_admin import add_admin_commands
 from llmplat.settings import Settings
 
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("--out", help="output directory (default: $LLMPLAT_HOME/models)")
     tiny.set_defaults(func=cmd_model_build_tiny)
+
+    add_admin_commands(sub)
     return parser
 
 

@@ -187,6 +187,10 @@ def _validate(
     else:
         parsed = parse_completion(body, state.fim.get(model_id), model_id)
     req = parsed.request
+    cap = principal.max_tokens_cap
+    explicit = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+    if cap is not None and not explicit and (req.max_tokens is None or req.max_tokens > cap):
+        req.max_tokens = cap  # the team's cap is also its default
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
     if max_tokens is not None and max_tokens < 1:
         raise InvalidRequest("'max_tokens' must be at least 1.", param="max_tokens")
@@ -197,7 +201,6 @@ def _validate(
             param="max_tokens",
             code="context_length_exceeded",
         )
-    cap = principal.max_tokens_cap
     if cap is not None and max_tokens is not None and max_tokens > cap:
         raise InvalidRequest(
             f"'max_tokens' is {max_tokens}; team '{principal.team}' may ask for at most {cap}.",
@@ -248,6 +251,7 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
     )
     headers = {"x-request-id": record.request_id}
     admitted: Admitted | None = None
+    principal: Principal | None = None
     try:
         principal = await _authenticate(state, request)
         record.team, record.key_id = principal.team, principal.key_id
@@ -259,6 +263,8 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         headers.update(admitted.headers)
         return await _forward(state, record, model, parsed, method, admitted, headers)
     except APIError as err:
+        if admitted is None and principal is not None and err.status != 429:
+            headers.update(await state.quotas.headers_for(principal))
         err.headers = {**headers, **err.headers}
         record.error_code = err.code or err.type
         await _finish(state, record, admitted, err.status, error=err.message)

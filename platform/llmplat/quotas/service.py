@@ -19,6 +19,7 @@ from llmplat.quotas.model import (
     QuotaStoreUnavailable,
     Scope,
     ScopeUsage,
+    tightest,
 )
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,32 @@ class QuotaService:
         except Exception as exc:  # the lease will free the slot; the tokens stay reserved
             log.error("quota settlement failed (lease expiry will free the slot): %s", exc)
 
+    async def headers_for(self, principal: Principal) -> dict[str, str]:
+        """Rate-limit headers from current counters (responses refused before admission)."""
+        try:
+            usages = await self.usage(principal)
+        except Exception:
+            return {}
+        req = [
+            LimitState(
+                u.limits.requests_per_minute,
+                u.limits.requests_per_minute - u.requests_this_minute,
+                u.minute_reset_s,
+            )
+            for u in usages
+            if u.limits.requests_per_minute is not None
+        ]
+        tok = [
+            LimitState(
+                u.limits.tokens_per_minute,
+                u.limits.tokens_per_minute - u.tokens_this_minute,
+                u.minute_reset_s,
+            )
+            for u in usages
+            if u.limits.tokens_per_minute is not None
+        ]
+        return ratelimit_headers(tightest(req), tightest(tok))
+
     async def usage(self, principal: Principal) -> list[ScopeUsage]:
         now = self.clock()
         try:
@@ -125,8 +152,10 @@ class QuotaService:
 
 
 def _rate_limited(exc: QuotaExceeded, principal: Principal) -> RateLimited:
-    who = f"team '{principal.team}'" if exc.scope.startswith("team:") else (
-        f"key '{principal.key_id}'"
+    who = (
+        f"team '{principal.team}'"
+        if exc.scope.startswith("team:")
+        else (f"key '{principal.key_id}'")
     )
     what = _REASON_TEXT[exc.reason]
     headers = ratelimit_headers(exc.requests, exc.tokens)

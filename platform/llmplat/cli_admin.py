@@ -1,0 +1,183 @@
+"""`llmplat teams …` and `llmplat keys …`: administration against the configured key store.
+
+Commands that create a key print the key alone on stdout (everything else goes to stderr)
+so scripts can capture it: ``KEY=$(llmplat keys create --team ci)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import timedelta
+from typing import Any
+
+from llmplat.auth.admin import KeyAdmin
+from llmplat.auth.store import StoreError
+from llmplat.config.teams import ApiKeyRecord, Team
+from llmplat.settings import Settings
+from llmplat.stores import open_key_store
+
+_LIMIT_FLAGS = {
+    "rpm": "requests_per_minute",
+    "tpm": "tokens_per_minute",
+    "tpd": "tokens_per_day",
+    "concurrency": "concurrent_requests",
+}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``12h``, ``30d``, ``2w``."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 12h, 30d or 2w")
+    return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+def _admin(settings: Settings) -> KeyAdmin:
+    return KeyAdmin(open_key_store(settings.keystore, settings.keystore_path))
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    return {
+        field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items() if getattr(args, flag)
+    }
+
+
+def _fmt_limits(limits: Any) -> str:
+    parts = [f"{flag}={getattr(limits, f)}" for flag, f in _LIMIT_FLAGS.items()]
+    return " ".join(p for p in parts if not p.endswith("=None")) or "unlimited"
+
+
+def _team_line(t: Team) -> str:
+    models = ",".join(t.models) if t.models is not None else "*"
+    cap = t.max_tokens_cap or "-"
+    return f"{t.name:20} {t.priority_class:11} models={models} max_tokens<={cap} {_fmt_limits(t.limits)}"
+
+
+def _key_line(k: ApiKeyRecord) -> str:
+    state = "revoked" if k.revoked else "active"
+    expires = k.expires_at.isoformat(timespec="seconds") if k.expires_at else "never"
+    return (
+        f"{k.key_id:14} {k.team:20} {state:8} {k.name or '-':20} "
+        f"created={k.created_at.isoformat(timespec='seconds')} expires={expires} "
+        f"{_fmt_limits(k.limits)}"
+    )
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_teams(args: argparse.Namespace, settings: Settings) -> int:
+    admin = _admin(settings)
+    if args.teams_command == "list":
+        teams = admin.list_teams()
+        if args.json:
+            _print_json([t.model_dump(mode="json") for t in teams])
+        else:
+            for t in teams:
+                print(_team_line(t))
+        return 0
+    if args.teams_command == "delete":
+        admin.delete_team(args.name)
+        print(f"deleted team '{args.name}' and its keys", file=sys.stderr)
+        return 0
+    fields: dict[str, Any] = {}
+    if args.models is not None:
+        fields["models"] = None if args.models == "*" else [m for m in args.models.split(",") if m]
+    if args.priority is not None:
+        fields["priority_class"] = args.priority
+    if args.max_tokens_cap is not None:
+        fields["max_tokens_cap"] = args.max_tokens_cap or None
+    limits = _limits(args)
+    if args.teams_command == "create":
+        team = admin.create_team({"name": args.name, **fields, "limits": limits})
+    else:
+        if limits:
+            fields["limits"] = limits
+        team = admin.update_team(args.name, fields)
+    print(_team_line(team))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    admin = _admin(settings)
+    if args.keys_command == "list":
+        keys = admin.list_keys(args.team)
+        if args.json:
+            _print_json([k.model_dump(mode="json", exclude={"secret_sha256"}) for k in keys])
+        else:
+            for k in keys:
+                print(_key_line(k))
+        return 0
+    if args.keys_command == "revoke":
+        key = admin.revoke_key(args.key_id)
+        print(f"revoked key '{key.key_id}' of team '{key.team}'", file=sys.stderr)
+        return 0
+    if args.keys_command == "rotate":
+        issued = admin.rotate_key(args.key_id)
+    else:
+        issued = admin.create_key(
+            args.team, name=args.name, expires_in=args.expires_in, limits=_limits(args)
+        )
+    rec = issued.record
+    print(
+        f"created key '{rec.key_id}' for team '{rec.team}'"
+        + (f" (replaces '{args.key_id}', now revoked)" if args.keys_command == "rotate" else "")
+        + ". It is shown once; store it now.",
+        file=sys.stderr,
+    )
+    print(issued.plaintext, flush=True)
+    return 0
+
+
+def run_admin(func: Any, args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return int(func(args, settings))
+    except StoreError as exc:
+        print(f"llmplat: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpm", type=int, help="requests per minute")
+    p.add_argument("--tpm", type=int, help="tokens per minute")
+    p.add_argument("--tpd", type=int, help="tokens per UTC day")
+    p.add_argument("--concurrency", type=int, help="requests in flight at once")
+
+
+def add_admin_commands(sub: Any) -> None:
+    teams = sub.add_parser("teams", help="create, list, update and delete teams")
+    tsub = teams.add_subparsers(dest="teams_command", required=True)
+    for name in ("create", "update"):
+        p = tsub.add_parser(name, help=f"{name} a team")
+        p.add_argument("name")
+        p.add_argument("--models", help="comma-separated model ids, or '*' for all")
+        p.add_argument("--priority", choices=["interactive", "batch"])
+        p.add_argument("--max-tokens-cap", type=int, help="largest max_tokens (0 removes it)")
+        _add_limit_flags(p)
+    p = tsub.add_parser("list", help="list teams")
+    p.add_argument("--json", action="store_true")
+    p = tsub.add_parser("delete", help="delete a team and all its keys")
+    p.add_argument("name")
+    teams.set_defaults(func=lambda a, s: run_admin(cmd_teams, a, s))
+
+    keys = sub.add_parser("keys", help="create, list, revoke and rotate API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    p = ksub.add_parser("create", help="create a key; prints it alone on stdout")
+    p.add_argument("--team", required=True)
+    p.add_argument("--name", default="", help="what the key is for, e.g. github-ci")
+    p.add_argument("--expires-in", type=parse_duration, help="e.g. 12h, 30d, 2w")
+    _add_limit_flags(p)
+    p = ksub.add_parser("list", help="list keys (never their secrets)")
+    p.add_argument("--team")
+    p.add_argument("--json", action="store_true")
+    p = ksub.add_parser("revoke", help="revoke a key (every gateway replica within seconds)")
+    p.add_argument("key_id")
+    p = ksub.add_parser("rotate", help="issue a replacement key and revoke the old one")
+    p.add_argument("key_id")
+    keys.set_defaults(func=lambda a, s: run_admin(cmd_keys, a, s))

@@ -1,0 +1,323 @@
+"""Team keys and quotas through the whole gateway pipeline, with the official openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import httpx
+import openai
+import pytest
+
+from llmplat.auth.admin import KeyAdmin
+from llmplat.auth.file_store import FileKeyStore
+from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM
+from llmplat.gateway.state import GatewayState
+from support import MODEL, PLAIN_MODEL, auth
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def state(gateway) -> GatewayState:
+    return gateway.state.gateway
+
+
+@pytest.fixture
+def clock(state: GatewayState) -> Clock:
+    # 10 s into a minute, far from a day boundary.
+    c = Clock(1_800_000_010.0)
+    state.quotas.clock = c
+    return c
+
+
+@pytest.fixture
+def admin(key_store: FileKeyStore, state: GatewayState) -> KeyAdmin:
+    return KeyAdmin(key_store)
+
+
+@pytest.fixture
+def make_key(admin: KeyAdmin, key_store: FileKeyStore, state: GatewayState):
+    """Create a team (if needed) and a key; return once the gateway's store watch has it."""
+
+    async def make(team: str = "ci", key_limits: dict | None = None, **team_fields) -> str:
+        if team not in {t.name for t in admin.list_teams()}:
+            admin.create_team({"name": team, **team_fields})
+        issued = admin.create_key(team, name="test", limits=key_limits)
+        await _eventually(
+            lambda: _assert(issued.record.key_id in state.authenticator.registry.keys)
+        )
+        return issued.plaintext
+
+    return make
+
+
+def client_for(http: httpx.AsyncClient, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=key, base_url="http://gw/v1", http_client=http, max_retries=0)
+
+
+async def _in_flight_zero(state: GatewayState, principal_team: str) -> None:
+    from llmplat.auth.base import Principal
+
+    usage = await state.quotas.usage(Principal(team=principal_team, key_id="-"))
+    assert all(u.in_flight == 0 for u in usage)
+
+
+# --- authentication -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "missing_api_key"),
+        ("Basic abc", "missing_api_key"),
+        ("Bearer not-a-key", "invalid_api_key"),
+        ("Bearer llmp_0000aaaa_" + "x" * 43, "invalid_api_key"),
+    ],
+)
+async def test_bad_keys_are_401(http, header, code) -> None:
+    headers = {"Authorization": header} if header else {}
+    r = await http.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=headers)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == code
+
+
+async def test_wrong_secret_of_real_key_id_is_401(http, make_key) -> None:
+    key = await make_key()
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    with pytest.raises(openai.AuthenticationError):
+        await client_for(http, forged).models.list()
+
+
+async def test_revoked_and_expired_keys_are_401(http, make_key, admin, key_store, state) -> None:
+    key = await make_key()
+    client = client_for(http, key)
+    assert (await client.models.list()).data
+    admin.revoke_key(key.split("_")[1])
+    state.authenticator.update(key_store.load())  # as the watch would, without waiting
+    with pytest.raises(openai.AuthenticationError) as exc:
+        await client.models.list()
+    assert exc.value.body["code"] == "revoked_api_key"
+
+    expired = admin.create_key("ci", expires_in=timedelta(seconds=-1))
+    await _eventually(lambda: _assert(expired.record.key_id in state.authenticator.registry.keys))
+    with pytest.raises(openai.AuthenticationError) as exc:
+        await client_for(http, expired.plaintext).models.list()
+    assert exc.value.body["code"] == "expired_api_key"
+
+
+async def test_revocation_reaches_gateway_through_store_watch(http, admin) -> None:
+    """No manual refresh: the replica follows the store on its own (within 5 s)."""
+    admin.create_team({"name": "web"})
+    issued = admin.create_key("web")
+    client = client_for(http, issued.plaintext)
+    await _eventually(lambda: client.models.list())
+    admin.revoke_key(issued.record.key_id)
+
+    async def refused() -> None:
+        try:
+            await client.models.list()
+        except openai.AuthenticationError:
+            return
+        raise AssertionError("revoked key still accepted")
+
+    await _eventually(refused)
+
+
+async def _eventually(probe, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await probe()
+            return
+        except (AssertionError, openai.APIError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_model_outside_team_is_403_permission_denied(http, make_key) -> None:
+    client = client_for(http, await make_key(models=[MODEL]))
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        await client.completions.create(model=PLAIN_MODEL, prompt="x", max_tokens=2)
+    assert exc.value.body["code"] == "model_not_allowed"
+
+
+# --- quotas ---------------------------------------------------------------------------
+
+
+async def test_rate_limit_headers_on_every_response(http, make_key, clock) -> None:
+    key = await make_key(limits={"requests_per_minute": 5, "tokens_per_minute": 1000})
+    r = await http.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "a b", "max_tokens": 3},
+        headers=auth(key),
+    )
+    assert r.status_code == 200
+    h = r.headers
+    assert h["x-ratelimit-limit-requests"] == "5"
+    assert h["x-ratelimit-remaining-requests"] == "4"
+    assert h["x-ratelimit-reset-requests"] == "50s"
+    assert h["x-ratelimit-limit-tokens"] == "1000"
+    assert 0 < int(h["x-ratelimit-remaining-tokens"]) < 1000
+    bad = await http.post("/v1/completions", json={"model": MODEL}, headers=auth(key))
+    assert bad.status_code == 400 and bad.headers["x-ratelimit-limit-requests"] == "5"
+
+
+async def test_requests_per_minute_429_with_retry_after_then_window_resets(
+    http, make_key, clock
+) -> None:
+    client = client_for(http, await make_key(limits={"requests_per_minute": 2}))
+    for _ in range(2):
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as exc:
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert exc.value.response.headers["retry-after"] == "50"
+    assert exc.value.body["code"] == "rate_limit_exceeded"
+    assert "requests per minute" in exc.value.message
+    clock.now += 50  # the next minute
+    await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+
+
+async def test_tokens_reserved_at_admission_settle_to_usage(http, make_key, clock, state) -> None:
+    key = await make_key(limits={"tokens_per_minute": 10_000, "tokens_per_day": 50_000})
+    client = client_for(http, key)
+    resp = await client.completions.create(model=MODEL, prompt="one two three", max_tokens=7)
+    body = (await http.get("/v1/usage", headers=auth(key))).json()
+    (team,) = body["usage"]
+    # The gateway bills what the engine reports (the fake counts words).
+    assert team["tokens_this_minute"] == resp.usage.total_tokens == 3 + 7
+    assert team["tokens_today"] == resp.usage.total_tokens
+    assert team["in_flight"] == 0 and team["requests_this_minute"] == 1
+
+
+async def test_request_larger_than_token_limit_says_so(http, make_key, clock) -> None:
+    client = client_for(http, await make_key(limits={"tokens_per_minute": 50}))
+    with pytest.raises(openai.RateLimitError) as exc:
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=100)
+    assert exc.value.body["code"] == "request_too_large"
+    assert "Lower max_tokens" in exc.value.message
+
+
+async def test_reservation_without_max_tokens_uses_team_cap(http, make_key, clock, state) -> None:
+    seen = []
+    backend = state.backends[MODEL]
+    original = backend.call
+    backend.call = lambda m, r: (seen.append(r.max_tokens), original(m, r))[1]
+    client = client_for(http, await make_key(max_tokens_cap=6, limits={"tokens_per_minute": 1000}))
+    resp = await client.completions.create(model=MODEL, prompt="a")
+    assert seen == [6] and resp.usage.completion_tokens == 6
+
+
+async def test_concurrency_limit_and_slot_freed_after_stream(
+    live_url, make_key, clock, state
+) -> None:
+    state.backends[MODEL].engine.token_delay_s = 0.02
+    key = await make_key(limits={"concurrent_requests": 1})
+    async with httpx.AsyncClient(base_url=live_url) as http:
+        client = client_for(http, key)
+        client.base_url = f"{live_url}/v1"
+        stream = await client.completions.create(
+            model=MODEL, prompt="x", max_tokens=20, stream=True
+        )
+        with pytest.raises(openai.RateLimitError) as exc:
+            await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+        assert "concurrent requests" in exc.value.message
+        assert exc.value.response.headers["retry-after"] == "1"
+        _ = [c async for c in stream]
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    await _in_flight_zero(state, "ci")
+
+
+async def test_engine_error_releases_reservation(http, make_key, clock, state) -> None:
+    key = await make_key(limits={"tokens_per_minute": 1000})
+    client = client_for(http, key)
+    with pytest.raises(openai.InternalServerError):
+        await client.completions.create(model=MODEL, prompt=FAIL_BEFORE, max_tokens=5)
+    stream = await client.completions.create(
+        model=MODEL, prompt=f"a {FAIL_MID_STREAM}", max_tokens=8, stream=True
+    )
+    with pytest.raises(openai.APIError):
+        _ = [c async for c in stream]
+    usage = (await http.get("/v1/usage", headers=auth(key))).json()["usage"][0]
+    assert usage["tokens_this_minute"] == 0 and usage["in_flight"] == 0
+    assert usage["requests_this_minute"] == 2
+
+
+async def test_client_disconnect_is_billed_for_what_was_generated(
+    live_url, make_key, clock, state, records
+) -> None:
+    state.backends[MODEL].engine.token_delay_s = 0.01
+    key = await make_key(limits={"tokens_per_minute": 10_000})
+    body = {"model": MODEL, "prompt": "p q", "max_tokens": 200, "stream": True}
+    async with httpx.AsyncClient(base_url=live_url) as http:
+        async with http.stream("POST", "/v1/completions", json=body, headers=auth(key)) as r:
+            got = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    got += 1
+                    assert "usage" not in json.loads(line[6:])  # client did not ask for it
+                if got == 5:
+                    break
+        await _eventually(lambda: _assert(bool(records) and records[-1].status == 499))
+        usage = (await http.get("/v1/usage", headers=auth(key))).json()["usage"][0]
+    billed = usage["tokens_this_minute"]
+    assert records[-1].usage.completion_tokens >= 5
+    # Billed: the prompt plus what was generated until the cut, not the 202-token reservation.
+    assert billed == records[-1].usage.prompt_tokens + records[-1].usage.completion_tokens
+    assert 2 + 5 <= billed < 2 + 200, billed
+    assert usage["in_flight"] == 0
+
+
+async def _assert(cond: bool) -> None:
+    assert cond
+
+
+async def test_key_limits_apply_on_top_of_team_limits(http, make_key, clock) -> None:
+    ci_key = await make_key(
+        limits={"requests_per_minute": 100}, key_limits={"requests_per_minute": 1}
+    )
+    other = await make_key()  # same team, no key limit
+    await client_for(http, ci_key).completions.create(model=MODEL, prompt="x", max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as exc:
+        await client_for(http, ci_key).completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert "key '" in exc.value.message
+    await client_for(http, other).completions.create(model=MODEL, prompt="x", max_tokens=1)
+
+
+async def test_one_team_exhausted_does_not_touch_another(http, make_key, clock) -> None:
+    noisy = client_for(http, await make_key("noisy", limits={"requests_per_minute": 1}))
+    quiet = client_for(http, await make_key("quiet", limits={"requests_per_minute": 100}))
+    await noisy.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    with pytest.raises(openai.RateLimitError):
+        await noisy.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    for _ in range(5):
+        await quiet.completions.create(model=MODEL, prompt="x", max_tokens=1)
+
+
+async def test_quota_store_down_is_503_when_closed(http, make_key, state) -> None:
+    from llmplat.quotas.model import QuotaStoreUnavailable
+
+    class Down:
+        async def reserve(self, *a, **k):
+            raise QuotaStoreUnavailable("redis://127.0.0.1:1 unreachable")
+
+    client = client_for(http, await make_key())
+    real = state.quotas.store
+    state.quotas.store = Down()
+    try:
+        with pytest.raises(openai.InternalServerError) as exc:
+            await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+        assert exc.value.status_code == 503
+        assert exc.value.body["code"] == "quota_store_unavailable"
+        state.quotas.fail_open = True
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    finally:
+        state.quotas.store, state.quotas.fail_open = real, False

@@ -1,0 +1,60 @@
+"""One JSON line per request, never text or secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import openai
+import pytest
+
+from llmplat.auth.admin import KeyAdmin
+from support import MODEL, auth
+
+PROMPT = "the secret plan is tangerine"
+
+
+async def test_one_line_per_request_without_text_or_secrets(
+    http, key_store, gateway, audit_path, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    admin = KeyAdmin(key_store)
+    admin.create_team({"name": "audited"})
+    issued = admin.create_key("audited")
+    gateway.state.gateway.authenticator.update(key_store.load())
+    client = openai.AsyncOpenAI(
+        api_key=issued.plaintext, base_url="http://gw/v1", http_client=http, max_retries=0
+    )
+    await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=3
+    )
+    with pytest.raises(openai.NotFoundError):
+        await client.completions.create(model="nope", prompt=PROMPT)
+    await http.post("/v1/completions", json={"model": MODEL}, headers=auth("llmp_bad_" + "z" * 40))
+
+    lines: list[dict] = []
+    for _ in range(100):  # the sink writes from a background thread
+        text = audit_path.read_text() if audit_path.exists() else ""
+        lines = [json.loads(x) for x in text.splitlines()]
+        if len(lines) >= 3:
+            break
+        time.sleep(0.02)
+    assert [(x["team"], x["status"]) for x in lines] == [
+        ("audited", 200),
+        ("audited", 404),
+        (None, 401),
+    ]
+    ok = lines[0]
+    assert ok["key_id"] == issued.record.key_id and ok["model"] == MODEL
+    assert ok["prompt_tokens"] > 0 and ok["completion_tokens"] == 3
+    assert ok["latency_ms"] >= 0 and ok["client"] == "127.0.0.1"
+    assert set(ok) == {
+        "time", "request_id", "team", "key_id", "model", "endpoint", "stream", "status",
+        "error_code", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "client",
+    }  # fmt: skip
+    assert lines[1]["error_code"] == "model_not_found"
+    everything = audit_path.read_text() + caplog.text
+    assert "tangerine" not in everything
+    secret = issued.plaintext.split("_", 2)[2]
+    assert secret not in everything and issued.plaintext not in everything

@@ -1,0 +1,71 @@
+"""`llmplat teams|keys`: the key alone on stdout, errors on stderr with exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llmplat.auth.file_store import FileKeyStore
+from llmplat.auth.keys import parse_key, secret_matches
+from llmplat.cli import main
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMPLAT_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_create_team_and_key_prints_key_alone(home, capsys) -> None:
+    assert main(["teams", "create", "ci", "--priority", "batch", "--rpm", "10", "--models", "m1,m2"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "create", "--team", "ci", "--name", "github", "--expires-in", "30d"]) == 0
+    out, err = capsys.readouterr()
+    key = out.strip()
+    assert out == key + "\n" and "shown once" in err and key not in err
+    key_id, secret = parse_key(key)
+    stored = FileKeyStore(home / "teams.yaml").load()
+    rec = stored.keys[key_id]
+    assert rec.team == "ci" and rec.name == "github" and rec.expires_at is not None
+    assert secret_matches(secret, rec.secret_sha256)
+    assert secret not in (home / "teams.yaml").read_text()
+    team = stored.teams["ci"]
+    assert team.priority_class == "batch" and team.models == ("m1", "m2")
+    assert team.limits.requests_per_minute == 10
+
+
+def test_update_list_revoke_rotate_delete(home, capsys) -> None:
+    main(["teams", "create", "ide"])
+    capsys.readouterr()
+    main(["keys", "create", "--team", "ide", "--concurrency", "2"])
+    key_id = parse_key(capsys.readouterr().out.strip())[0]
+    assert main(["teams", "update", "ide", "--tpm", "5000", "--max-tokens-cap", "256"]) == 0
+    assert "tpm=5000" in capsys.readouterr().out
+    assert main(["keys", "rotate", key_id]) == 0
+    new_id = parse_key(capsys.readouterr().out.strip())[0]
+    assert main(["keys", "list", "--team", "ide"]) == 0
+    listing = capsys.readouterr().out
+    assert f"{key_id}" in listing and "revoked" in listing and new_id in listing
+    assert "concurrency=2" in listing.split(new_id)[1].splitlines()[0]
+    assert main(["keys", "revoke", new_id]) == 0
+    assert main(["teams", "delete", "ide"]) == 0
+    assert FileKeyStore(home / "teams.yaml").load().keys == {}
+
+
+def test_errors_exit_1_with_message(home, capsys) -> None:
+    assert main(["keys", "create", "--team", "ghost"]) == 1
+    assert "no team 'ghost'" in capsys.readouterr().err
+    assert main(["teams", "create", "Bad_Name"]) == 1
+    assert "name" in capsys.readouterr().err
+
+
+def test_script_can_capture_the_key(home) -> None:
+    """Through a real process: stdout is exactly the key."""
+    run = [sys.executable, "-m", "llmplat"]
+    subprocess.run([*run, "teams", "create", "ci"], check=True, capture_output=True)
+    out = subprocess.run(
+        [*run, "keys", "create", "--team", "ci"], check=True, capture_output=True, text=True
+    ).stdout
+    assert parse_key(out.strip()) is not None and out.count("\n") == 1
