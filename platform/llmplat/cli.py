@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"config": Path(args.config)})
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
+    admin_generated = settings.admin_token is None and settings.mode == "dev"
     settings = settings.with_dev_key()
 
     from llmplat.runtime import PlatformStartError, prepare_environment, start_platform
@@ -68,6 +69,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  OPENAI_BASE_URL={running.url}/v1", flush=True)
     if key:
         print(f"  OPENAI_API_KEY={key}", flush=True)
+    if admin_generated and settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+        print(f"  LLMPLAT_ADMIN_TOKEN={token}  (admin API at {running.url}/admin/)", flush=True)
+    print(f"  teams and keys: {settings.keystore_path} (llmplat teams|keys --help)", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     try:
         stop.wait()

@@ -55,7 +55,8 @@ def _fmt_limits(limits: Any) -> str:
 def _team_line(t: Team) -> str:
     models = ",".join(t.models) if t.models is not None else "*"
     cap = t.max_tokens_cap or "-"
-    return f"{t.name:20} {t.priority_class:11} models={models} max_tokens<={cap} {_fmt_limits(t.limits)}"
+    limits = _fmt_limits(t.limits)
+    return f"{t.name:20} {t.priority_class:11} models={models} max_tokens<={cap} {limits}"
 
 
 def _key_line(k: ApiKeyRecord) -> str:

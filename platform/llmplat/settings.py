@@ -89,7 +89,8 @@ class AuditSettings(BaseModel):
     """The audit log: one JSON line per request, never prompt or completion text."""
 
     sink: str | None = Field(
-        None, description="A file path, '-' for stdout, 'none' to disable; default <home>/audit.log."
+        None,
+        description="A file path, '-' for stdout, 'none' to disable; default <home>/audit.log.",
     )
 
 

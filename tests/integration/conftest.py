@@ -28,12 +28,22 @@ START_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 90
 
 
+TEAMS: dict[str, list[str]] = {
+    "ide": ["--priority", "interactive", "--rpm", "10000"],
+    "ci": ["--priority", "batch", "--max-tokens-cap", "512"],
+    "small": ["--rpm", "3", "--tpm", "100000"],
+}
+"""Teams the session's platform has, created through the CLI before it starts."""
+
+
 @dataclass(frozen=True)
 class LivePlatform:
     url: str
     key: str
     home: Path
     log: Path
+    admin_token: str
+    team_keys: dict[str, str]
 
     @property
     def base_url(self) -> str:
@@ -84,14 +94,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
     home = tmp_path_factory.mktemp("llmplat-home")
     (home / "models").symlink_to(shared_models)
     key = "llmp_dev_" + secrets.token_urlsafe(24)
+    admin_token = "llmp_admin_" + secrets.token_urlsafe(24)
     port = _free_port()
     log = home / "serve.log"
     env = os.environ | {
         "LLMPLAT_HOME": str(home),
         "LLMPLAT_PORT": str(port),
         "LLMPLAT_DEV_API_KEY": key,
+        "LLMPLAT_ADMIN_TOKEN": admin_token,
         "PYTHONUNBUFFERED": "1",
     }
+    team_keys = {team: _cli_team_key(team, flags, env) for team, flags in TEAMS.items()}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llmplat", "serve"],
@@ -113,7 +126,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
             pytest.fail(f"platform not ready in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
         time.sleep(1)
     print(f"\nllmplat serve ready in {time.monotonic() - started:.0f} s", flush=True)
-    platform = LivePlatform(url=url, key=key, home=home, log=log)
+    platform = LivePlatform(
+        url=url, key=key, home=home, log=log, admin_token=admin_token, team_keys=team_keys
+    )
     try:
         yield platform
     finally:
@@ -136,6 +151,30 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         assert not leaks, f"the API key leaked into logs: {leaks}"
         printed = log.read_text(errors="replace").count(key)
         assert printed == 1, f"serve output shows the key {printed} times, expected once"
+        # Every secret the session used, in every file the platform wrote (Ray logs, audit
+        # log, serve output, key store): never the team keys' secrets nor the admin token.
+        secrets_used = [admin_token] + [k.split("_", 2)[2] for k in team_keys.values()]
+        for secret in secrets_used:
+            for root in (home, Settings(home=home).ray_temp_dir):
+                leaked = _files_containing(root, secret)
+                assert not leaked, f"a secret leaked into {leaked}"
+
+
+def _cli_team_key(team: str, flags: list[str], env: dict[str, str]) -> str:
+    """Create a team and a key with the real CLI; the key is stdout, alone."""
+    cli = [sys.executable, "-m", "llmplat"]
+    subprocess.run(
+        [*cli, "teams", "create", team, *flags], env=env, check=True, capture_output=True
+    )
+    out = subprocess.run(
+        [*cli, "keys", "create", "--team", team, "--name", "integration"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert out.startswith("llmp_") and out.count("\n") == 1, out
+    return out.strip()
 
 
 @pytest.fixture

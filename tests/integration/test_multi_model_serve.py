@@ -1,5 +1,6 @@
 """Real Ray Serve wiring with several models: one LLMServer deployment per model behind
-two Gateway replicas, the shared fake engine injected through ``engine_cls``."""
+two Gateway replicas sharing quotas in a real Redis, the shared fake engine injected
+through ``engine_cls``."""
 
 from __future__ import annotations
 
@@ -13,24 +14,45 @@ import openai
 import pytest
 from pydantic import SecretStr
 
+from llmplat.auth.admin import KeyAdmin
+from llmplat.auth.file_store import FileKeyStore
 from llmplat.config.loader import load_profile
 from llmplat.engine.fake import FakeEngine, fake_tokens
 from llmplat.engine.llm_config import build_llm_config
 from llmplat.gateway.state import GatewayConfig
 from llmplat.serving.builder import BuiltModel, build_application, gateway_config
-from llmplat.settings import GatewaySettings, Settings
+from llmplat.settings import GatewaySettings, QuotaSettings, Settings
 from support import V3_TOKENIZER
+from support.redis_server import redis_server
 
 pytestmark = pytest.mark.integration
 KEY = "llmp_dev_multi-model-test-key"
+RPM = 20
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, GatewayConfig]]:
+def redis_url() -> Iterator[str]:
+    with redis_server() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def team_key(served) -> str:
+    _, _, home = served
+    return (home / "limited.key").read_text()
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[tuple[str, GatewayConfig, object]]:
     import ray
     from ray import serve
 
     home = tmp_path_factory.mktemp("mm")
+    admin = KeyAdmin(FileKeyStore(home / "teams.yaml"))
+    admin.create_team({"name": "limited", "limits": {"requests_per_minute": RPM}})
+    (home / "limited.key").write_text(admin.create_key("limited").plaintext)
     model_dir = home / "model"
     model_dir.mkdir()
     shutil.copy(V3_TOKENIZER, model_dir / "tokenizer.model.v3")
@@ -38,7 +60,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Gate
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = Settings(
-        home=home, port=port, dev_api_key=SecretStr(KEY), gateway=GatewaySettings(replicas=2)
+        home=home,
+        port=port,
+        dev_api_key=SecretStr(KEY),
+        gateway=GatewaySettings(replicas=2),
+        quotas=QuotaSettings(backend="redis", redis_url=SecretStr(redis_url)),
     )
     base = load_profile("tiny-mixtral-cpu", settings.config_dir)
     models = []
@@ -57,7 +83,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Gate
         while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, "fake platform never became ready"
             time.sleep(0.5)
-        yield url, gateway_config(models, settings)
+        yield url, gateway_config(models, settings), home
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -71,7 +97,7 @@ def test_each_model_is_its_own_deployment(served) -> None:
 
 
 def test_requests_route_to_the_named_model(served) -> None:
-    url, _ = served
+    url, _, _ = served
     client = openai.OpenAI(api_key=KEY, base_url=f"{url}/v1", max_retries=0)
     assert sorted(m.id for m in client.models.list().data) == ["alpha", "beta"]
     for model_id in ("alpha", "beta"):
@@ -83,7 +109,7 @@ def test_requests_route_to_the_named_model(served) -> None:
 
 
 def test_streams_through_serve_handles_with_usage(served) -> None:
-    url, _ = served
+    url, _, _ = served
     client = openai.OpenAI(api_key=KEY, base_url=f"{url}/v1", max_retries=0)
     chunks = list(
         client.chat.completions.create(
@@ -100,7 +126,7 @@ def test_streams_through_serve_handles_with_usage(served) -> None:
 
 
 def test_engine_failure_mid_stream_through_serve_ends_with_error_event(served) -> None:
-    url, _ = served
+    url, _, _ = served
     body = {"model": "alpha", "prompt": "x FAKE_FAIL_MID_STREAM", "max_tokens": 8, "stream": True}
     r = httpx.post(f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
     events = [ln for ln in r.text.splitlines() if ln.startswith("data: ")]
@@ -111,3 +137,29 @@ def test_engine_failure_mid_stream_through_serve_ends_with_error_event(served) -
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert ok.status_code == 200
+
+
+def test_two_gateway_replicas_share_one_exact_quota(served, team_key) -> None:
+    """Concurrent requests spread over both replicas: exactly RPM admitted, not 2 x RPM."""
+    import asyncio
+
+    url, _, _ = served
+    if time.time() % 60 > 45:  # keep the burst inside one minute window
+        time.sleep(61 - time.time() % 60)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+            async def one() -> int:
+                r = await http.post(
+                    "/v1/completions",
+                    json={"model": "alpha", "prompt": "x", "max_tokens": 1},
+                    headers={"Authorization": f"Bearer {team_key}"},
+                )
+                return r.status_code
+
+            return await asyncio.gather(*(one() for _ in range(3 * RPM)))
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) == RPM, statuses
+    assert statuses.count(429) == 2 * RPM

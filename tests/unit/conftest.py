@@ -9,9 +9,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from pydantic import SecretStr
-
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from llmplat.auth.file_store import FileKeyStore
 from llmplat.gateway.app import create_app
@@ -19,7 +18,15 @@ from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import EngineBackend
 from llmplat.gateway.state import GatewayConfig, GatewayModel, RequestRecord
 from llmplat.settings import Settings
-from support import ADMIN_TOKEN, DEV_KEY, MODEL, PLAIN_MODEL, V1_TOKENIZER, V3_TOKENIZER, make_engine
+from support import (
+    ADMIN_TOKEN,
+    DEV_KEY,
+    MODEL,
+    PLAIN_MODEL,
+    V1_TOKENIZER,
+    V3_TOKENIZER,
+    make_engine,
+)
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +114,7 @@ async def live_url(gateway: FastAPI) -> AsyncIterator[str]:
     config = uvicorn.Config(gateway, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}"

@@ -19,7 +19,10 @@ def home(tmp_path, monkeypatch):
 
 
 def test_create_team_and_key_prints_key_alone(home, capsys) -> None:
-    assert main(["teams", "create", "ci", "--priority", "batch", "--rpm", "10", "--models", "m1,m2"]) == 0
+    assert (
+        main(["teams", "create", "ci", "--priority", "batch", "--rpm", "10", "--models", "m1,m2"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["keys", "create", "--team", "ci", "--name", "github", "--expires-in", "30d"]) == 0
     out, err = capsys.readouterr()

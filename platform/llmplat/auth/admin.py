@@ -122,8 +122,6 @@ class KeyAdmin:
         if old.revoked:
             raise InvalidAdminRequest(f"invalid key_id: key '{key_id}' is revoked already")
         expires_in = None if old.expires_at is None else old.expires_at - old.created_at
-        issued = self.create_key(
-            old.team, name=old.name, expires_in=expires_in, limits=old.limits
-        )
+        issued = self.create_key(old.team, name=old.name, expires_in=expires_in, limits=old.limits)
         self.revoke_key(key_id)
         return issued

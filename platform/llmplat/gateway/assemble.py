@@ -8,7 +8,13 @@ from pathlib import Path
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
 from llmplat.gateway.backends import ModelBackend
-from llmplat.gateway.state import GatewayConfig, GatewayState, RequestRecord, build_state, log_record
+from llmplat.gateway.state import (
+    GatewayConfig,
+    GatewayState,
+    RequestRecord,
+    build_state,
+    log_record,
+)
 from llmplat.observability.audit import AuditLog
 from llmplat.quotas.service import QuotaService
 from llmplat.stores import open_key_store, open_quota_store

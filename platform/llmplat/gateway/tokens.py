@@ -58,7 +58,9 @@ class _HFTokenizer:
         return list(self._tok.encode(text))
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        return list(self._tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        return list(
+            self._tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        )
 
 
 def _load(model_dir: Path) -> _Tokenizer:

@@ -59,11 +59,15 @@ class MemoryQuotaStore(QuotaStore):
             lim = scope.limits
             if lim.requests_per_minute is not None:
                 req_states.append(
-                    LimitState(lim.requests_per_minute, lim.requests_per_minute - c.requests, minute_left)
+                    LimitState(
+                        lim.requests_per_minute, lim.requests_per_minute - c.requests, minute_left
+                    )
                 )
             if lim.tokens_per_minute is not None:
                 tok_states.append(
-                    LimitState(lim.tokens_per_minute, lim.tokens_per_minute - c.minute_tokens, minute_left)
+                    LimitState(
+                        lim.tokens_per_minute, lim.tokens_per_minute - c.minute_tokens, minute_left
+                    )
                 )
         for scope, c in zip(scopes, counters, strict=True):
             self._check(scope, c, tokens, minute_left, day_left, req_states, tok_states)

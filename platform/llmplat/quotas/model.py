@@ -138,8 +138,8 @@ class QuotaStore(ABC):
     @abstractmethod
     async def usage(self, scope: Scope, now: float) -> ScopeUsage: ...
 
-    async def ping(self) -> None:
+    async def ping(self) -> None:  # noqa: B027 - optional hook, nothing to check in process
         """Raise QuotaStoreUnavailable when the store cannot be reached."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -22,7 +22,9 @@ def test_minted_key_format_and_entropy() -> None:
     assert mint_key().plaintext != k.plaintext
 
 
-@pytest.mark.parametrize("token", ["", "llmp", "llmp_", "sk-abc", "llmp_id_short", "llmp__" + "x" * 40])
+@pytest.mark.parametrize(
+    "token", ["", "llmp", "llmp_", "sk-abc", "llmp_id_short", "llmp__" + "x" * 40]
+)
 def test_malformed_keys_do_not_parse(token: str) -> None:
     assert parse_key(token) is None
 

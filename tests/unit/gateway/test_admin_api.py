@@ -24,7 +24,11 @@ async def _wait_accepted(http: httpx.AsyncClient, key: str) -> None:
 async def test_admin_lifecycle_team_key_revoke(http) -> None:
     r = await http.post(
         "/admin/teams",
-        json={"name": "ide", "priority_class": "interactive", "limits": {"requests_per_minute": 50}},
+        json={
+            "name": "ide",
+            "priority_class": "interactive",
+            "limits": {"requests_per_minute": 50},
+        },
         headers=ADMIN,
     )
     assert r.status_code == 201, r.text
@@ -41,10 +45,14 @@ async def test_admin_lifecycle_team_key_revoke(http) -> None:
     assert "key" not in listed[0] and "secret_sha256" not in listed[0]
 
     await _wait_accepted(http, key)
-    client = openai.AsyncOpenAI(api_key=key, base_url="http://gw/v1", http_client=http, max_retries=0)
+    client = openai.AsyncOpenAI(
+        api_key=key, base_url="http://gw/v1", http_client=http, max_retries=0
+    )
     await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
 
-    r = await http.patch("/admin/teams/ide", json={"limits": {"tokens_per_day": 100}}, headers=ADMIN)
+    r = await http.patch(
+        "/admin/teams/ide", json={"limits": {"tokens_per_day": 100}}, headers=ADMIN
+    )
     assert r.json()["limits"] == {
         "requests_per_minute": 50,
         "tokens_per_minute": None,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import time
 
 import openai
 import pytest
@@ -39,7 +39,7 @@ async def test_one_line_per_request_without_text_or_secrets(
         lines = [json.loads(x) for x in text.splitlines()]
         if len(lines) >= 3:
             break
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     assert [(x["team"], x["status"]) for x in lines] == [
         ("audited", 200),
         ("audited", 404),

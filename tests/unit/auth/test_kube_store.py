@@ -1,0 +1,406 @@
+"""KubernetesKeyStore against an in-memory Kubernetes API (kmock's emulator on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from llmplat.auth.keys import mint_key
+from llmplat.auth.kube_store import KubernetesKeyStore
+from llmplat.auth.store import ConflictError, NotFoundError, StoreError
+from llmplat.config.teams import ApiKeyRecord, Limits, Registry, Team
+from support.kube_emulator import EmulatorHandle, running_kube_emulator
+
+NS = "llmplat"
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def kube() -> Iterator[EmulatorHandle]:
+    with running_kube_emulator() as handle:
+        yield handle
+
+
+@pytest.fixture
+def store(kube: EmulatorHandle) -> KubernetesKeyStore:
+    return KubernetesKeyStore(NS, kube.core_v1())
+
+
+def key_for(team: str, key_id: str | None = None, **fields: object) -> ApiKeyRecord:
+    new = mint_key(key_id)
+    return ApiKeyRecord(key_id=new.key_id, team=team, secret_sha256=new.secret_sha256, **fields)
+
+
+def decoded(secret: dict) -> dict:
+    return json.loads(base64.b64decode(secret["data"]["record.json"]))
+
+
+class Watcher:
+    """Runs ``store.watch`` in a thread and records every snapshot."""
+
+    def __init__(self, store: KubernetesKeyStore) -> None:
+        self.store = store
+        self.stop = threading.Event()
+        self.snapshots: list[Registry] = []
+        self.changed = threading.Condition()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.store.watch(self._on_change, self.stop)
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+    def _on_change(self, registry: Registry) -> None:
+        with self.changed:
+            self.snapshots.append(registry)
+            self.changed.notify_all()
+
+    def __enter__(self) -> Watcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def wait_for(self, predicate, timeout: float = 5.0) -> Registry:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for snapshot in reversed(self.snapshots):
+                    if predicate(snapshot):
+                        return snapshot
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching snapshot in {timeout}s: {self.snapshots}")
+                self.changed.wait(left)
+
+
+def test_team_round_trip(store: KubernetesKeyStore) -> None:
+    team = Team(name="ide", models=("tiny-mixtral",), limits=Limits(requests_per_minute=60))
+    store.put_team(team, create=True)
+    assert store.load() == Registry(teams={"ide": team})
+
+    changed = team.model_copy(update={"priority_class": "batch", "max_tokens_cap": 512})
+    store.put_team(changed, create=False)
+    assert store.load().teams == {"ide": changed}
+
+    store.delete_team("ide")
+    assert store.load() == Registry()
+
+
+def test_key_round_trip(store: KubernetesKeyStore) -> None:
+    store.put_team(Team(name="ci"), create=True)
+    key = key_for("ci", name="github-ci", limits=Limits(tokens_per_day=10_000))
+    store.put_key(key, create=True)
+    assert store.load().keys == {key.key_id: key}
+
+    revoked = key.model_copy(update={"revoked": True})
+    store.put_key(revoked, create=False)
+    assert store.load().keys == {key.key_id: revoked}
+
+
+def test_create_conflicts(store: KubernetesKeyStore) -> None:
+    store.put_team(Team(name="ide"), create=True)
+    with pytest.raises(ConflictError, match=f"team 'ide' already exists.*namespace '{NS}'"):
+        store.put_team(Team(name="ide"), create=True)
+    key = key_for("ide")
+    store.put_key(key, create=True)
+    with pytest.raises(ConflictError, match=f"key '{key.key_id}' already exists"):
+        store.put_key(key, create=True)
+
+
+def test_replacing_what_is_missing(store: KubernetesKeyStore) -> None:
+    with pytest.raises(NotFoundError, match=f"no team 'ide'.*namespace '{NS}'"):
+        store.put_team(Team(name="ide"), create=False)
+    store.put_team(Team(name="ide"), create=True)
+    with pytest.raises(NotFoundError, match="no key 'abcd1234'"):
+        store.put_key(key_for("ide", "abcd1234"), create=False)
+    with pytest.raises(NotFoundError, match="no team 'nope'"):
+        store.delete_team("nope")
+
+
+def test_key_for_missing_team_is_refused(kube: EmulatorHandle, store: KubernetesKeyStore) -> None:
+    with pytest.raises(NotFoundError, match="no team 'ghost'"):
+        store.put_key(key_for("ghost"), create=True)
+    assert kube.objects(NS) == {}
+
+
+def test_names_labels_and_data(kube: EmulatorHandle, store: KubernetesKeyStore) -> None:
+    store.put_team(Team(name="ci-main"), create=True)
+    new = mint_key()
+    key = ApiKeyRecord(key_id=new.key_id, team="ci-main", secret_sha256=new.secret_sha256)
+    store.put_key(key, create=True)
+
+    api = kube.core_v1()
+    team_secret = api.read_namespaced_secret("llmplat-team-ci-main", NS)
+    assert team_secret.metadata.labels == {
+        "app.kubernetes.io/managed-by": "llmplat",
+        "llmplat.io/kind": "team",
+    }
+    key_secret = api.read_namespaced_secret(f"llmplat-key-{new.key_id}", NS)
+    assert key_secret.metadata.labels == {
+        "app.kubernetes.io/managed-by": "llmplat",
+        "llmplat.io/kind": "key",
+        "llmplat.io/team": "ci-main",
+    }
+    assert key_secret.type == "Opaque"
+    assert set(key_secret.data) == {"record.json"}
+
+    raw = kube.objects(NS)
+    assert set(raw) == {"llmplat-team-ci-main", f"llmplat-key-{new.key_id}"}
+    record = decoded(raw[f"llmplat-key-{new.key_id}"])
+    assert record == json.loads(key.model_dump_json())
+    assert record["secret_sha256"] == new.secret_sha256
+    assert decoded(raw["llmplat-team-ci-main"])["name"] == "ci-main"
+
+    # The plaintext key (or its secret part) never reached the API server, in any form.
+    secret_part = new.plaintext.rsplit("_", 1)[1]
+    for body in kube.request_bodies():
+        text = body.decode()
+        for form in (new.plaintext, secret_part, base64.b64encode(secret_part.encode()).decode()):
+            assert form not in text
+        for data in (json.loads(text).get("data") or {}).values() if text else ():
+            assert secret_part not in base64.b64decode(data).decode()
+
+
+def test_delete_team_deletes_its_keys(kube: EmulatorHandle, store: KubernetesKeyStore) -> None:
+    for team in ("ide", "ci"):
+        store.put_team(Team(name=team), create=True)
+    ide_keys = [key_for("ide") for _ in range(3)]
+    ci_key = key_for("ci")
+    for key in [*ide_keys, ci_key]:
+        store.put_key(key, create=True)
+
+    store.delete_team("ide")
+
+    registry = store.load()
+    assert set(registry.teams) == {"ci"}
+    assert registry.keys == {ci_key.key_id: ci_key}
+    assert set(kube.objects(NS)) == {"llmplat-team-ci", f"llmplat-key-{ci_key.key_id}"}
+    with pytest.raises(NotFoundError):
+        store.delete_team("ide")
+
+
+def test_load_ignores_other_secrets_and_namespaces(
+    kube: EmulatorHandle, store: KubernetesKeyStore
+) -> None:
+    api = kube.core_v1()
+    api.create_namespaced_secret(
+        NS, client.V1Secret(metadata=client.V1ObjectMeta(name="db-password"), string_data={})
+    )
+    other = KubernetesKeyStore("elsewhere", api)
+    other.put_team(Team(name="other"), create=True)
+    store.put_team(Team(name="ide"), create=True)
+    assert set(store.load().teams) == {"ide"}
+    assert set(other.load().teams) == {"other"}
+
+
+def test_a_corrupt_secret_is_reported_by_name(
+    kube: EmulatorHandle, store: KubernetesKeyStore
+) -> None:
+    store.put_team(Team(name="ide"), create=True)
+    kube.put_object(
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "llmplat-key-bad0",
+                "namespace": NS,
+                "labels": {"app.kubernetes.io/managed-by": "llmplat", "llmplat.io/kind": "key"},
+            },
+            "data": {"record.json": base64.b64encode(b'{"not": "a key s3cr3t"}').decode()},
+        },
+    )
+    with pytest.raises(StoreError, match="llmplat-key-bad0") as err:
+        store.load()
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_api_errors_name_the_namespace(kube: EmulatorHandle) -> None:
+    kube.fail_namespace("locked", 403, 'secrets is forbidden: User "gw" cannot list')
+    store = KubernetesKeyStore("locked", kube.core_v1())
+    with pytest.raises(StoreError, match="namespace 'locked': access denied.*HTTP 403") as err:
+        store.load()
+    assert not isinstance(err.value, NotFoundError | ConflictError)
+    with pytest.raises(StoreError, match="namespace 'locked'"):
+        store.put_team(Team(name="ide"), create=True)
+
+
+def test_unreachable_api_is_a_store_error() -> None:
+    cfg = client.Configuration()
+    cfg.host = "http://127.0.0.1:9"  # discard: nothing listens
+    cfg.retries = 0
+    store = KubernetesKeyStore(NS, client.CoreV1Api(client.ApiClient(cfg)))
+    with pytest.raises(StoreError, match=f"namespace '{NS}': cannot reach the Kubernetes API"):
+        store.load()
+
+
+def test_from_environment_uses_the_kubeconfig(
+    kube: EmulatorHandle, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emu", "cluster": {"server": kube.url}}],
+                "users": [{"name": "admin", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "admin"}}],
+                "current-context": "emu",
+            }
+        )
+    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    store = KubernetesKeyStore.from_environment(NS)
+    assert store.namespace == NS
+    store.put_team(Team(name="ide"), create=True)
+    assert set(KubernetesKeyStore(NS, kube.core_v1()).load().teams) == {"ide"}
+
+
+def test_from_environment_without_any_config(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(StoreError, match="no Kubernetes configuration"):
+        KubernetesKeyStore.from_environment(NS)
+
+
+def test_watch_delivers_a_revocation_and_stops_promptly(kube: EmulatorHandle) -> None:
+    admin = KubernetesKeyStore(NS, kube.core_v1())
+    admin.put_team(Team(name="ide"), create=True)
+    key = key_for("ide")
+    admin.put_key(key, create=True)
+
+    gateway = KubernetesKeyStore(NS, kube.core_v1())
+    with Watcher(gateway) as w:
+        first = w.wait_for(lambda r: key.key_id in r.keys)
+        assert w.snapshots[0] == first and not first.keys[key.key_id].revoked
+        time.sleep(1.2)  # let the watch settle into a later stream
+
+        revoked_at = time.monotonic()
+        other = KubernetesKeyStore(NS, kube.core_v1())  # e.g. the CLI
+        other.put_key(key.model_copy(update={"revoked": True}), create=False)
+        w.wait_for(lambda r: r.keys[key.key_id].revoked, timeout=5)
+        assert time.monotonic() - revoked_at < 5
+
+        stop_at = time.monotonic()
+        w.stop.set()
+        w.thread.join(timeout=5)
+        assert not w.thread.is_alive()
+        assert time.monotonic() - stop_at < 3
+    assert w.error is None
+
+
+def test_watch_without_server_side_timeouts() -> None:
+    """A server that ignores timeoutSeconds: the client's read timeout still ends each
+    stream, so stop works and no change is lost across reconnects."""
+    with running_kube_emulator(honor_watch_timeout=False) as kube:
+        store = KubernetesKeyStore(NS, kube.core_v1())
+        store.put_team(Team(name="ide"), create=True)
+        with Watcher(store) as w:
+            w.wait_for(lambda r: "ide" in r.teams)
+            time.sleep(2.5)  # past one client-side read timeout
+            store.put_team(Team(name="ci"), create=True)
+            w.wait_for(lambda r: set(r.teams) == {"ci", "ide"}, timeout=5)
+            stop_at = time.monotonic()
+            w.stop.set()
+            w.thread.join(timeout=5)
+            assert time.monotonic() - stop_at < 3
+        assert w.error is None
+
+
+def test_watch_keeps_trying_when_denied(
+    kube: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    kube.fail_namespace("locked", 403, "secrets is forbidden")
+    store = KubernetesKeyStore("locked", kube.core_v1(), retry_s=0.2)
+    with Watcher(store) as w:
+        time.sleep(1.0)
+        stop_at = time.monotonic()
+    assert time.monotonic() - stop_at < 3
+    assert w.snapshots == [] and w.error is None
+    assert "namespace 'locked': access denied" in caplog.text
+
+
+def test_watch_follows_creates_and_team_deletion(kube: EmulatorHandle) -> None:
+    store = KubernetesKeyStore(NS, kube.core_v1())
+    with Watcher(store) as w:
+        w.wait_for(lambda r: r == Registry())
+        store.put_team(Team(name="ide"), create=True)
+        key = key_for("ide")
+        store.put_key(key, create=True)
+        w.wait_for(lambda r: key.key_id in r.keys and "ide" in r.teams)
+        store.delete_team("ide")
+        w.wait_for(lambda r: r == Registry())
+    assert w.error is None
+    # Only real changes are reported: no duplicate consecutive snapshots.
+    assert all(a != b for a, b in zip(w.snapshots, w.snapshots[1:], strict=False))
+
+
+def test_watch_relists_after_410_gone(kube: EmulatorHandle) -> None:
+    store = KubernetesKeyStore(NS, kube.core_v1())
+    store.put_team(Team(name="ide"), create=True)
+    with Watcher(store) as w:
+        w.wait_for(lambda r: "ide" in r.teams)
+        # A change the watch cannot see as an event, then history compacted past it:
+        # only a re-list (after 410 Gone) can bring it in.
+        team = Team(name="hidden")
+        kube.put_object(
+            NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": "llmplat-team-hidden",
+                    "namespace": NS,
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "llmplat",
+                        "llmplat.io/kind": "team",
+                    },
+                },
+                "data": {"record.json": base64.b64encode(team.model_dump_json().encode()).decode()},
+            },
+        )
+        kube.expire()
+        w.wait_for(lambda r: "hidden" in r.teams, timeout=5)
+    assert w.error is None
+
+
+def test_watch_survives_a_corrupt_secret(kube: EmulatorHandle) -> None:
+    store = KubernetesKeyStore(NS, kube.core_v1())
+    with Watcher(store) as w:
+        w.wait_for(lambda r: r == Registry())
+        kube.core_v1().create_namespaced_secret(
+            NS,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(
+                    name="llmplat-team-broken",
+                    labels={"app.kubernetes.io/managed-by": "llmplat", "llmplat.io/kind": "team"},
+                ),
+                data={"record.json": base64.b64encode(b"{}").decode()},
+            ),
+        )
+        store.put_team(Team(name="ide"), create=True)
+        w.wait_for(lambda r: set(r.teams) == {"ide"})
+    assert w.error is None
+
+
+def test_on_change_errors_end_the_watch(kube: EmulatorHandle) -> None:
+    store = KubernetesKeyStore(NS, kube.core_v1())
+
+    def boom(registry: Registry) -> None:
+        raise RuntimeError("gateway broke")
+
+    with pytest.raises(RuntimeError, match="gateway broke"):
+        store.watch(boom, threading.Event())
