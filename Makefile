@@ -9,7 +9,7 @@ FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV_FLAGS := $(foreach d,$(FIND_LINKS),--find-links $(d)) --excludes .ci/excludes.txt
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-unit test-integration test-gpu bench lint model venv clean
+.PHONY: serve test test-unit test-integration test-gpu bench lint model venv clean system-deps
 
 venv: $(STAMP)
 
@@ -26,20 +26,33 @@ model: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/llmplat serve
 
-test: $(STAMP)
+# Redis for the quota tests (Debian's package). Root installs it; others get told how.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: run 'sudo apt-get install redis-server'" >&2; exit 1; \
+	  fi; }
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/admission.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks

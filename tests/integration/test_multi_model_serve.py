@@ -1,5 +1,5 @@
 """Real Ray Serve wiring with several models: one LLMServer deployment per model behind
-two Gateway replicas sharing quotas in a real Redis, the shared fake engine injected
+four Gateway replicas sharing quotas in a real Redis, the shared fake engine injected
 through ``engine_cls``."""
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def served(
     admin = KeyAdmin(FileKeyStore(home / "teams.yaml"))
     admin.create_team({"name": "limited", "limits": {"requests_per_minute": RPM}})
     (home / "limited.key").write_text(admin.create_key("limited").plaintext)
+    admin.create_team({"name": "roomy", "limits": {"requests_per_minute": 100 * RPM}})
+    (home / "roomy.key").write_text(admin.create_key("roomy").plaintext)
     model_dir = home / "model"
     model_dir.mkdir()
     shutil.copy(V3_TOKENIZER, model_dir / "tokenizer.model.v3")
@@ -63,7 +65,7 @@ def served(
         home=home,
         port=port,
         dev_api_key=SecretStr(KEY),
-        gateway=GatewaySettings(replicas=2),
+        gateway=GatewaySettings(replicas=4),
         quotas=QuotaSettings(backend="redis", redis_url=SecretStr(redis_url)),
     )
     base = load_profile("tiny-mixtral-cpu", settings.config_dir)
@@ -139,27 +141,31 @@ def test_engine_failure_mid_stream_through_serve_ends_with_error_event(served) -
     assert ok.status_code == 200
 
 
-def test_two_gateway_replicas_share_one_exact_quota(served, team_key) -> None:
-    """Concurrent requests spread over both replicas: exactly RPM admitted, not 2 x RPM."""
+def test_four_gateway_replicas_share_one_exact_quota(served, team_key) -> None:
+    """Concurrent bursts spread over the four replicas: exactly RPM admitted, never more."""
     import asyncio
 
-    url, _, _ = served
+    url, _, home = served
+    roomy_key = (home / "roomy.key").read_text()
     if time.time() % 60 > 45:  # keep the burst inside one minute window
         time.sleep(61 - time.time() % 60)
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
 
-            async def one() -> int:
+            async def one(key: str) -> int:
                 r = await http.post(
                     "/v1/completions",
                     json={"model": "alpha", "prompt": "x", "max_tokens": 1},
-                    headers={"Authorization": f"Bearer {team_key}"},
+                    headers={"Authorization": f"Bearer {key}"},
                 )
                 return r.status_code
 
-            return await asyncio.gather(*(one() for _ in range(3 * RPM)))
+            calls = [one(team_key) for _ in range(3 * RPM)] + [one(roomy_key) for _ in range(RPM)]
+            return await asyncio.gather(*calls)
 
     statuses = asyncio.run(burst())
-    assert statuses.count(200) == RPM, statuses
-    assert statuses.count(429) == 2 * RPM
+    limited, roomy = statuses[: 3 * RPM], statuses[3 * RPM :]
+    assert limited.count(200) == RPM, limited  # zero overshoot, no under-admission
+    assert limited.count(429) == 2 * RPM
+    assert roomy == [200] * RPM  # a team below its limits is never refused

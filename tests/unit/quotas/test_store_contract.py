@@ -458,7 +458,7 @@ def test_redact_url(url: str, safe: str) -> None:
     assert redact_url(url) == safe
 
 
-async def test_stores_do_not_share_loops_badly(redis: RedisServer) -> None:
+async def test_concurrent_reservations_on_one_store_are_exact(redis: RedisServer) -> None:
     """Concurrent calls on one store (one connection pool) stay exact."""
     store = await RedisQuotaStore.connect(redis.url, key_prefix="concurrency-test")
     try:
