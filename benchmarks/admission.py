@@ -105,8 +105,13 @@ def _prompt_counting(n: int, tmp: Path) -> dict[str, float]:
     counter = PromptCounter(tmp)
     text = "Refactor this function so that it handles empty lists and None. " * 12
     req = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
-                                    {"role": "user", "content": text}]}  # fmt: skip
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": text},
+            ],
+        }  # fmt: skip
     )
     samples, tokens = [], 0
     for _ in range(n):
