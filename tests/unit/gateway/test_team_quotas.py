@@ -30,6 +30,15 @@ def state(gateway) -> GatewayState:
     return gateway.state.gateway
 
 
+@pytest.fixture(autouse=True)
+async def no_leaked_reservations(gateway, key_store: FileKeyStore):
+    """After every test, every team's in-flight counter is back to zero."""
+    yield
+    state: GatewayState = gateway.state.gateway
+    for team in key_store.load().teams:
+        await _eventually(lambda t=team: _in_flight_zero(state, t))
+
+
 @pytest.fixture
 def clock(state: GatewayState) -> Clock:
     # 10 s into a minute, far from a day boundary.
@@ -303,21 +312,25 @@ async def test_one_team_exhausted_does_not_touch_another(http, make_key, clock) 
 
 
 async def test_quota_store_down_is_503_when_closed(http, make_key, state) -> None:
-    from llmplat.quotas.model import QuotaStoreUnavailable
+    """A real Redis client pointed at a port nothing listens on."""
+    import socket
 
-    class Down:
-        async def reserve(self, *a, **k):
-            raise QuotaStoreUnavailable("redis://127.0.0.1:1 unreachable")
+    from llmplat.quotas.redis_store import RedisQuotaStore
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     client = client_for(http, await make_key())
     real = state.quotas.store
-    state.quotas.store = Down()
+    state.quotas.store = RedisQuotaStore(f"redis://:hunter2@127.0.0.1:{port}/0")
     try:
         with pytest.raises(openai.InternalServerError) as exc:
             await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
         assert exc.value.status_code == 503
         assert exc.value.body["code"] == "quota_store_unavailable"
-        state.quotas.fail_open = True
+        assert exc.value.response.headers["retry-after"] == "1"
+        state.quotas.fail_open = True  # LLMPLAT_QUOTAS__ON_STORE_ERROR=open
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
     finally:
+        await state.quotas.store.close()
         state.quotas.store, state.quotas.fail_open = real, False
