@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from llmplat.cli_admin import add_admin_commands
+from llmplat.cli_status import add_status_command
 from llmplat.settings import Settings
 
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_model_build_tiny)
 
     add_admin_commands(sub)
+    add_status_command(sub)
     return parser
 
 

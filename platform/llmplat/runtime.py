@@ -74,7 +74,8 @@ def prepare_environment(settings: Settings) -> None:
 
 def user_ports(settings: Settings) -> list[int]:
     count = settings.gateway.replicas if settings.gateway.direct_ingress else 1
-    return [settings.port + i for i in range(count)]
+    ports = [settings.port + i for i in range(count)]
+    return ports + ([settings.engine_metrics_port] if not settings.ray_address else [])
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -118,6 +119,8 @@ def start_platform(
             num_cpus=settings.num_cpus or os.cpu_count(),
             include_dashboard=False,
             _temp_dir=str(settings.ray_temp_dir),
+            # Engine metrics (vLLM's, through Ray) and Serve's own, in Prometheus format.
+            _metrics_export_port=settings.engine_metrics_port,
             logging_level="WARNING",
             log_to_driver=settings.log_level == "DEBUG",
         )

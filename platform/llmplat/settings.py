@@ -122,6 +122,13 @@ class Settings(BaseSettings):
         None, description="Platform config YAML; default <config_dir>/local.yaml."
     )
     host: str = Field("127.0.0.1", description="Address the HTTP endpoint binds to.")
+    engine_metrics_port: int = Field(
+        8079,
+        ge=1,
+        le=65535,
+        description="Port of Ray's Prometheus exporter on the local node: vLLM engine "
+        "metrics (ray_vllm_*) and Ray Serve's (ray_serve_*). Gateway metrics are at /metrics.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP endpoint.")
     mode: Literal["dev", "production"] = Field(
         "dev", description="dev generates missing secrets; production requires them."

@@ -44,6 +44,7 @@ class LivePlatform:
     log: Path
     admin_token: str
     team_keys: dict[str, str]
+    engine_metrics_url: str
 
     @property
     def base_url(self) -> str:
@@ -96,12 +97,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
     key = "llmp_dev_" + secrets.token_urlsafe(24)
     admin_token = "llmp_admin_" + secrets.token_urlsafe(24)
     port = _free_port()
+    metrics_port = _free_port()
     log = home / "serve.log"
     env = os.environ | {
         "LLMPLAT_HOME": str(home),
         "LLMPLAT_PORT": str(port),
         "LLMPLAT_DEV_API_KEY": key,
         "LLMPLAT_ADMIN_TOKEN": admin_token,
+        "LLMPLAT_ENGINE_METRICS_PORT": str(metrics_port),
         "PYTHONUNBUFFERED": "1",
     }
     team_keys = {team: _cli_team_key(team, flags, env) for team, flags in TEAMS.items()}
@@ -127,7 +130,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         time.sleep(1)
     print(f"\nllmplat serve ready in {time.monotonic() - started:.0f} s", flush=True)
     platform = LivePlatform(
-        url=url, key=key, home=home, log=log, admin_token=admin_token, team_keys=team_keys
+        url=url,
+        key=key,
+        home=home,
+        log=log,
+        admin_token=admin_token,
+        team_keys=team_keys,
+        engine_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
     )
     try:
         yield platform

@@ -145,6 +145,13 @@ def admin_router(state: GatewayState) -> APIRouter:
         )
         return {"team": team.name, "usage": [usage_view(u) for u in usage]}
 
+    @router.get("/status")
+    async def status(request: Request) -> dict[str, Any]:
+        _require_admin(state, request)
+        if state.status is None:
+            raise NotFound("Deployment status is only available under Ray Serve.")
+        return {"deployments": await asyncio.to_thread(state.status)}
+
     @router.get("/keys")
     async def list_keys(request: Request, team: str | None = None) -> dict[str, Any]:
         admin = _require_admin(state, request)

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmplat.auth.base import Principal
@@ -88,6 +89,12 @@ def create_app(state: GatewayState) -> FastAPI:
             {"status": "ready" if ready else "not_ready", "models": models},
             status_code=200 if ready else 503,
         )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if state.metrics is None:
+            raise NotFound("Metrics are not enabled on this gateway.")
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -262,8 +269,15 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         tokens = _reservation_tokens(state, model, parsed, principal)
         admitted = await state.quotas.admit(principal, tokens)
         headers.update(admitted.headers)
+        if state.metrics is not None:
+            state.metrics.admitted(principal.team, state.clock() - record.started)
+            state.metrics.started(principal.team, model.model_id)
+            record.in_flight = True
         return await _forward(state, record, model, parsed, method, admitted, headers)
     except APIError as err:
+        reason = getattr(err, "quota_reason", None)
+        if reason is not None and state.metrics is not None and principal is not None:
+            state.metrics.rejected(principal.team, reason)
         if admitted is None and principal is not None and err.status != 429:
             headers.update(await state.quotas.headers_for(principal))
         err.headers = {**headers, **err.headers}
@@ -330,6 +344,10 @@ async def _forward(
             record.usage = outcome.usage
             if outcome.first_chunk_at is not None:
                 record.first_token_s = outcome.first_chunk_at - record.started
+                generated = outcome.usage.completion_tokens if outcome.usage else 0
+                if generated > 1 and outcome.last_chunk_at is not None:
+                    span = outcome.last_chunk_at - outcome.first_chunk_at
+                    record.inter_token_s = span / (generated - 1)
             if outcome.finished:
                 status = 200
             elif outcome.error == CLIENT_DISCONNECTED:
@@ -366,6 +384,10 @@ async def _finish(
         usage = record.usage
         actual = usage.prompt_tokens + usage.completion_tokens if usage and billable else 0
         await state.quotas.settle(admitted, actual)
+    if state.metrics is not None:
+        if record.in_flight:
+            state.metrics.ended(record.team or "", record.model or "")
+        state.metrics.record(record)
     try:
         state.on_finish(record)
     except Exception:  # recording must never break serving

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
 from llmplat.gateway.backends import ModelBackend
@@ -16,6 +18,7 @@ from llmplat.gateway.state import (
     log_record,
 )
 from llmplat.observability.audit import AuditLog
+from llmplat.observability.metrics import GatewayMetrics
 from llmplat.quotas.service import QuotaService
 from llmplat.stores import open_key_store, open_quota_store
 
@@ -25,12 +28,15 @@ def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> 
     key_store = open_key_store(config.keystore, Path(config.keystore_path))
     authenticator = RegistryAuthenticator(key_store.load(), dev_key=config.dev_api_key)
     quota_store = open_quota_store(config.quotas)
+    metrics = GatewayMetrics(CollectorRegistry(), tuple(m.model_id for m in config.models))
     quotas = QuotaService(
         quota_store,
         fail_open=config.quotas.on_store_error == "open",
         lease_s=config.quotas.lease_s,
+        on_store_error=metrics.store_error,
     )
     state = build_state(config, authenticator, backends, quotas)
+    state.metrics = metrics
     state.admin = KeyAdmin(key_store)
     state.admin_token = config.admin_token
     follower = StoreFollower(key_store, authenticator.update)

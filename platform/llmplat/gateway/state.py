@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -20,6 +20,9 @@ from llmplat.gateway.tokens import PromptCounter
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.service import QuotaService
 from llmplat.settings import KeyStoreSettings, QuotaSettings
+
+if TYPE_CHECKING:
+    from llmplat.observability.metrics import GatewayMetrics
 
 log = logging.getLogger("llmplat.requests")
 
@@ -70,6 +73,10 @@ class RequestRecord:
     ended: float = 0.0
     usage: Usage | None = None
     first_token_s: float | None = None
+    inter_token_s: float | None = None
+    """Mean time between generated tokens of a stream."""
+    in_flight: bool = False
+    """Counted in the in-flight gauge (admitted and forwarded)."""
     error: str | None = None
     """Internal detail for the server log; never sent to the audit sink."""
     error_code: str | None = None
@@ -102,6 +109,9 @@ class GatewayState:
     quotas: QuotaService
     on_finish: Callable[[RequestRecord], None] = log_record
     clock: Callable[[], float] = time.perf_counter
+    metrics: GatewayMetrics | None = None
+    status: Callable[[], Any] | None = None
+    """Deployment status for ``/admin/status`` (Ray Serve's, when running under Serve)."""
     admin: KeyAdmin | None = None
     admin_token: SecretStr | None = None
     on_startup: list[Callable[[], Any]] = field(default_factory=list)

@@ -44,6 +44,7 @@ class StreamOutcome:
     error: str | None = None
     finished: bool = False
     first_chunk_at: float | None = None
+    last_chunk_at: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,8 +119,9 @@ async def relay_stream(
                         item, usage = _take_usage(item, client_wants_continuous_usage)
                         outcome.usage = usage or outcome.usage
                     outcome.chunks += 1
+                    outcome.last_chunk_at = clock()
                     if outcome.first_chunk_at is None:
-                        outcome.first_chunk_at = clock()
+                        outcome.first_chunk_at = outcome.last_chunk_at
                 out.append(item)
             if out:
                 yield "".join(out)

@@ -79,7 +79,9 @@ class QuotaService:
         fail_open: bool = False,
         lease_s: float = 900.0,
         clock: Callable[[], float] = time.time,
+        on_store_error: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_store_error = on_store_error
         self.store = store
         self.fail_open = fail_open
         self.lease_s = lease_s
@@ -92,8 +94,11 @@ class QuotaService:
                 scopes_of(principal), tokens, self.clock(), self.lease_s, uuid.uuid4().hex
             )
         except QuotaExceeded as exc:
-            raise _rate_limited(exc, principal) from None
+            err = _rate_limited(exc, principal)
+            err.quota_reason = exc.reason  # type: ignore[attr-defined]
+            raise err from None
         except QuotaStoreUnavailable as exc:
+            self._store_failed("reserve")
             if self.fail_open:
                 log.warning("quota store unreachable, admitting without quota: %s", exc)
                 return Admitted(None, {})
@@ -112,7 +117,12 @@ class QuotaService:
         try:
             await self.store.settle(admitted.admission.reservation, actual_tokens, self.clock())
         except Exception as exc:  # the lease will free the slot; the tokens stay reserved
+            self._store_failed("settle")
             log.error("quota settlement failed (lease expiry will free the slot): %s", exc)
+
+    def _store_failed(self, operation: str) -> None:
+        if self.on_store_error is not None:
+            self.on_store_error(operation)
 
     async def headers_for(self, principal: Principal) -> dict[str, str]:
         """Rate-limit headers from current counters (responses refused before admission)."""

@@ -22,6 +22,20 @@ class Gateway:
         logging.getLogger("llmplat").setLevel(logging.INFO)
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
         self._state = assemble_state(config, backends)
+        self._state.status = serve_status
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)
+
+
+def serve_status() -> dict[str, Any]:
+    """Each deployment of every Serve application: status and replicas by state."""
+    out: dict[str, Any] = {}
+    for app_name, app in serve.status().applications.items():
+        for name, dep in app.deployments.items():
+            out[name] = {
+                "application": app_name,
+                "status": str(dep.status.value if hasattr(dep.status, "value") else dep.status),
+                "replicas": {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()},
+            }
+    return out

@@ -1,0 +1,120 @@
+"""`llmplat status`: a running platform at a glance, from its HTTP endpoints.
+
+Reads ``/readyz`` (models, readiness), ``/admin/status`` (replicas), ``/metrics`` twice a
+second apart (requests in flight, tokens/s) and each team's usage against its quota.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmplat.settings import Settings
+
+
+def _sum_samples(text: str, name: str) -> dict[str, float]:
+    """Sum of a metric's samples by model."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                model = s.labels.get("model", "")
+                out[model] = out.get(model, 0.0) + s.value
+    return out
+
+
+def _fmt_limit(used: int, limit: int | None) -> str:
+    return f"{used}" if limit is None else f"{used}/{limit} ({100 * used / limit:.0f}%)"
+
+
+def collect(url: str, admin_token: str | None, interval_s: float = 1.0) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as http:
+        ready = http.get("/readyz")
+        before = http.get("/metrics").text
+        t0 = time.monotonic()
+        status = http.get("/admin/status") if admin_token else None
+        teams = http.get("/admin/teams") if admin_token else None
+        usage = {}
+        if teams is not None and teams.status_code == 200:
+            for t in teams.json()["data"]:
+                r = http.get(f"/admin/teams/{t['name']}/usage")
+                usage[t["name"]] = r.json()["usage"][0] if r.status_code == 200 else None
+        time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
+        after = http.get("/metrics").text
+        elapsed = time.monotonic() - t0
+    tokens_name = "llmplat_completion_tokens_total"
+    t_before, t_after = _sum_samples(before, tokens_name), _sum_samples(after, tokens_name)
+    return {
+        "ready": ready.json(),
+        "in_flight": _sum_samples(after, "llmplat_requests_in_flight"),
+        "tokens_per_s": {m: (v - t_before.get(m, 0.0)) / elapsed for m, v in t_after.items()},
+        "deployments": status.json()["deployments"]
+        if status is not None and status.is_success
+        else None,
+        "usage": usage,
+        "admin": teams.status_code if teams is not None else None,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = [f"platform: {data['ready'].get('status')}"]
+    lines.append(f"{'model':24} {'ready':14} {'replicas':>9} {'in flight':>9} {'tokens/s':>9}")
+    deployments = data["deployments"] or {}
+    for model, state in data["ready"].get("models", {}).items():
+        dep = next((d for n, d in deployments.items() if n.endswith(f":{model}")), None)
+        replicas = str(dep["replicas"].get("RUNNING", 0)) if dep else "?"
+        lines.append(
+            f"{model:24} {state:14} {replicas:>9} {data['in_flight'].get(model, 0):>9.0f} "
+            f"{data['tokens_per_s'].get(model, 0.0):>9.1f}"
+        )
+    gw = deployments.get("Gateway")
+    if gw:
+        lines.append(f"gateway replicas running: {gw['replicas'].get('RUNNING', 0)}")
+    if data["admin"] is None:
+        lines.append("teams: set LLMPLAT_ADMIN_TOKEN (or --admin-token) to see team usage")
+    elif data["admin"] != 200:
+        lines.append(f"teams: the admin API answered {data['admin']} (wrong admin token?)")
+    else:
+        lines.append(
+            f"{'team':20} {'tokens today':>22} {'req this min':>16} {'tok this min':>20} "
+            f"{'in flight':>12}"
+        )
+        for team, u in sorted(data["usage"].items()):
+            if u is None:
+                continue
+            lim = u["limits"]
+            lines.append(
+                f"{team:20} {_fmt_limit(u['tokens_today'], lim['tokens_per_day']):>22} "
+                f"{_fmt_limit(u['requests_this_minute'], lim['requests_per_minute']):>16} "
+                f"{_fmt_limit(u['tokens_this_minute'], lim['tokens_per_minute']):>20} "
+                f"{_fmt_limit(u['in_flight'], lim['concurrent_requests']):>12}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    token = args.admin_token or (
+        settings.admin_token.get_secret_value() if settings.admin_token else None
+    )
+    try:
+        data = collect(url, token, interval_s=args.interval)
+    except httpx.HTTPError as exc:
+        print(f"llmplat: cannot reach the platform at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(render(data))
+    return 0 if data["ready"].get("status") == "ready" else 3
+
+
+def add_status_command(sub: Any) -> None:
+    p = sub.add_parser("status", help="models, replicas, load and team usage of a running platform")
+    p.add_argument("--url", help="platform URL (default http://LLMPLAT_HOST:LLMPLAT_PORT)")
+    p.add_argument("--admin-token", help="admin token (default LLMPLAT_ADMIN_TOKEN)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
+    p.set_defaults(func=cmd_status)
