@@ -110,7 +110,8 @@ async def test_revoked_and_expired_keys_are_401(http, make_key, admin, key_store
     client = client_for(http, key)
     assert (await client.models.list()).data
     admin.revoke_key(key.split("_")[1])
-    state.authenticator.update(key_store.load())  # as the watch would, without waiting
+    kid = key.split("_")[1]
+    await _eventually(lambda: _assert(state.authenticator.registry.keys[kid].revoked))
     with pytest.raises(openai.AuthenticationError) as exc:
         await client.models.list()
     assert exc.value.body["code"] == "revoked_api_key"

@@ -22,7 +22,11 @@ async def test_one_line_per_request_without_text_or_secrets(
     admin = KeyAdmin(key_store)
     admin.create_team({"name": "audited"})
     issued = admin.create_key("audited")
-    gateway.state.gateway.authenticator.update(key_store.load())
+    authenticator = gateway.state.gateway.authenticator
+    for _ in range(100):  # the replica's store watch picks the new key up
+        if issued.record.key_id in authenticator.registry.keys:
+            break
+        await asyncio.sleep(0.05)
     client = openai.AsyncOpenAI(
         api_key=issued.plaintext, base_url="http://gw/v1", http_client=http, max_retries=0
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,7 +31,11 @@ async def team_keys(gateway, key_store) -> dict[str, str]:
     admin.create_team({"name": "ide"})
     admin.create_team({"name": "ci", "limits": {"requests_per_minute": 2}})
     keys = {t: admin.create_key(t).plaintext for t in ("ide", "ci")}
-    gateway.state.gateway.authenticator.update(key_store.load())
+    authenticator = gateway.state.gateway.authenticator
+    for _ in range(100):  # the replica's store watch picks the new keys up
+        if len(authenticator.registry.keys) == 2:
+            break
+        await asyncio.sleep(0.05)
     return keys
 
 
