@@ -88,7 +88,7 @@ async def test_known_mix_gives_exact_series(http, team_keys) -> None:
                   model=PLAIN_MODEL) == 1  # fmt: skip
     assert _value(s, "llmplat_inter_token_latency_seconds_count", team="ide") == 1
     assert _value(s, "llmplat_admission_wait_seconds_count", team="ci") == 2
-    assert _value(s, "llmplat_request_duration_seconds_count", team="ide") == 2
+    assert _value(s, "llmplat_request_duration_seconds_count", team="ide") == 3  # 200, 200, 404
     assert all(v == 0 for (n, _), v in s.items() if n == "llmplat_requests_in_flight")
     key_ids = [k.split("_")[1] for k in team_keys.values()]
     assert not any(k in text for k in key_ids)  # never a key id in a label
