@@ -119,9 +119,33 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
 
     probes = await asyncio.gather(*([ttft(ide) for _ in range(4)] + [ttft(ci) for _ in range(4)]))
     interactive, batch = statistics.median(probes[:4]), statistics.median(probes[4:])
-    await asyncio.gather(*flood)
+    done, pending = await asyncio.wait(flood, timeout=180)
+    if pending:
+        for task in pending:
+            task.cancel()
+        raise AssertionError(
+            f"{len(pending)} of {len(flood)} flood requests unanswered after 180 s; "
+            + await _diagnose(live)
+        )
+    for task in done:
+        task.result()
     print(f"\nTTFT under batch flood: interactive p50 {interactive:.2f} s, batch p50 {batch:.2f} s")
     assert interactive < 0.5 * batch
+
+
+async def _diagnose(live) -> str:
+    """What the gateway audited and what the engine still holds, for a failure message."""
+    lines = [json.loads(x) for x in (live.home / "audit.log").read_text().splitlines()]
+    ci = [x for x in lines if x["team"] == "ci"]
+    statuses = {s: sum(1 for x in ci if x["status"] == s) for s in {x["status"] for x in ci}}
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(live.engine_metrics_url)).text
+    gauges = [
+        line for line in text.splitlines()
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
+        or line.startswith("ray_vllm_num_requests")
+    ]
+    return f"audit (team ci) statuses {statuses}; engine: {gauges}"
 
 
 def _auth(live, team: str) -> dict[str, str]:

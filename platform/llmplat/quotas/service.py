@@ -130,24 +130,8 @@ class QuotaService:
             usages = await self.usage(principal)
         except Exception:
             return {}
-        req = [
-            LimitState(
-                u.limits.requests_per_minute,
-                u.limits.requests_per_minute - u.requests_this_minute,
-                u.minute_reset_s,
-            )
-            for u in usages
-            if u.limits.requests_per_minute is not None
-        ]
-        tok = [
-            LimitState(
-                u.limits.tokens_per_minute,
-                u.limits.tokens_per_minute - u.tokens_this_minute,
-                u.minute_reset_s,
-            )
-            for u in usages
-            if u.limits.tokens_per_minute is not None
-        ]
+        req = _per_minute(usages, "requests_per_minute", "requests_this_minute")
+        tok = _per_minute(usages, "tokens_per_minute", "tokens_this_minute")
         return ratelimit_headers(tightest(req), tightest(tok))
 
     async def usage(self, principal: Principal) -> list[ScopeUsage]:
@@ -185,3 +169,12 @@ def _rate_limited(exc: QuotaExceeded, principal: Principal) -> RateLimited:
         code="rate_limit_exceeded",
         headers=headers,
     )
+
+
+def _per_minute(usages: list[ScopeUsage], limit: str, used: str) -> list[LimitState]:
+    """The per-minute limit states (limit, remaining, reset) of the scopes that set one."""
+    return [
+        LimitState(cap, cap - getattr(u, used), u.minute_reset_s)
+        for u in usages
+        if (cap := getattr(u.limits, limit)) is not None
+    ]
