@@ -53,6 +53,7 @@ test-gpu: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/admission.py
+	$(BIN)/python benchmarks/metrics.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks
