@@ -113,6 +113,9 @@ def phase_within_objectives(results: Results, phase: str) -> dict[str, bool | No
     obj = results.scenario.objectives
     out: dict[str, bool | None] = {}
     for team, stats in results.by_phase[phase].items():
+        if stats.requests == 0:
+            out[team] = None
+            continue
         ok = stats.error_rate <= obj.max_error_rate and stats.ok > 0
         if team in obj.ttft_p95_ms:
             p95 = stats.ttft_p95_ms
