@@ -130,7 +130,7 @@ def _plot(results: Results, metrics: list[tuple[str, str]], ylabel: str, title: 
         series = time_series(results, metric, bucket)
         for i, team in enumerate(teams):
             ys = series.values.get(team)
-            if ys is None:
+            if ys is None or all(y is None for y in ys):
                 continue
             ax.plot(
                 [t + bucket / 2 for t in series.t],
@@ -153,7 +153,7 @@ def _plot(results: Results, metrics: list[tuple[str, str]], ylabel: str, title: 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10, loc="left", pad=14)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncols=min(4, max(1, len(teams))), loc="upper left", framealpha=0.8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _svg(fig)
 
 

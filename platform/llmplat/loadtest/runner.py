@@ -25,7 +25,7 @@ from llmplat.loadtest.verdict import Verdict, judge
 from llmplat.settings import child_environment
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_BROKEN = 0, 1, 2, 3
-STOP_TIMEOUT_S = 15
+STOP_TIMEOUT_S = 10
 """Seconds Locust lets requests in flight finish at the end before stopping its users."""
 GRACE_S = 120
 
