@@ -7,12 +7,10 @@ to first token and inter-token gaps for the load generator to measure.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from llmplat.auth.file_store import FileKeyStore
@@ -23,6 +21,7 @@ from llmplat.gateway.backends import EngineBackend
 from llmplat.gateway.state import GatewayConfig, GatewayModel
 from llmplat.settings import Settings
 from support import ADMIN_TOKEN, DEV_KEY, MODEL, make_engine
+from support.loopback import serve_loopback
 
 TOKEN_DELAY_S = 0.004
 CONTEXT = 4096
@@ -46,14 +45,5 @@ async def paced_url(
         audit_sink=str(audit_path),
     )
     app = create_app(assemble_state(config, {MODEL: EngineBackend(engine)}))
-    async with app.router.lifespan_context(app):
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
-        )
-        task = asyncio.create_task(server.serve())
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-        server.should_exit = True
-        await task
+    async with app.router.lifespan_context(app), serve_loopback(app) as url:
+        yield url
