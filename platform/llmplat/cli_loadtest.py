@@ -108,7 +108,9 @@ def add_loadtest_command(sub: Any) -> None:
     )
     p.add_argument("--users", type=int, help="peak users (scales every phase proportionally)")
     p.add_argument(
-        "--duration", type=_seconds, help="total run time, e.g. 90s or 10m (phases scale)"
+        "--duration",
+        type=_seconds,
+        help="total run time, e.g. 90s or 10m (measured phases share what warm-up leaves)",
     )
     p.add_argument("--out", help="output folder (default loadtest-results/<scenario>-<time>)")
     p.add_argument("--model", help="model id (default: the scenario's, else the first listed)")

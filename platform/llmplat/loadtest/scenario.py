@@ -200,8 +200,11 @@ class Scenario(_Strict):
     def scaled(self, *, users: int | None = None, duration_s: float | None = None) -> Scenario:
         """The same scenario with ``users`` at its peak and ``duration_s`` in all.
 
-        User counts scale proportionally (a team present in a phase keeps at least one user);
-        phase durations scale proportionally.
+        User counts scale proportionally (a team present in a phase keeps at least one user).
+        Measured phases share what ``duration_s`` leaves after the warm-up phases
+        (``measure: false``), in proportion: a fresh deployment needs its warm-up however
+        short the run. Only when ``duration_s`` is not longer than the warm-ups does every
+        phase scale.
         """
         phases = list(self.phases)
         if users is not None:
@@ -218,8 +221,17 @@ class Scenario(_Strict):
                 for p in phases
             ]
         if duration_s is not None:
-            factor = duration_s / self.duration_s
-            phases = [p.model_copy(update={"duration_s": p.duration_s * factor}) for p in phases]
+            warm = sum(p.duration_s for p in phases if not p.measure)
+            measured = self.duration_s - warm
+            if duration_s > warm and measured > 0:
+                factor = (duration_s - warm) / measured
+                scale = [factor if p.measure else 1.0 for p in phases]
+            else:
+                scale = [duration_s / self.duration_s] * len(phases)
+            phases = [
+                p.model_copy(update={"duration_s": p.duration_s * f})
+                for p, f in zip(phases, scale, strict=True)
+            ]
         return self.model_copy(update={"phases": phases})
 
 

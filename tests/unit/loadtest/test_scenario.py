@@ -53,6 +53,11 @@ def test_durations_and_scaling(tmp_path: Path) -> None:
     assert sc.phase_starts() == [0, 10]
     small = sc.scaled(users=3, duration_s=7)
     assert [p.duration_s for p in small.phases] == pytest.approx([1, 6])
+    warm = sc.model_copy(
+        update={"phases": [sc.phases[0].model_copy(update={"measure": False}), sc.phases[1]]}
+    )
+    assert [p.duration_s for p in warm.scaled(duration_s=40).phases] == [10, 30]
+    assert [p.duration_s for p in warm.scaled(duration_s=7).phases] == pytest.approx([1, 6])
     assert small.phases[1].users == {"chat": 2, "noisy": 1}  # never below one user
     assert small.phases[0].users == {"chat": 1}
 
