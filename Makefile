@@ -55,7 +55,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/admission.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests benchmarks
+	$(BIN)/ruff check platform tests benchmarks loadtests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
