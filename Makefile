@@ -56,7 +56,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/metrics.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests benchmarks
+	$(BIN)/ruff check platform tests benchmarks loadtests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,6 +8,7 @@ the CLI, never at import time, and pass it down.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -31,6 +32,14 @@ def _default_config_dir() -> Path:
     if (cwd_configs / "models").is_dir():
         return cwd_configs
     return Path(__file__).resolve().parents[2] / "configs"
+
+
+def _default_loadtests_dir() -> Path:
+    """`loadtests/` of the working directory, else of the source checkout this package is in."""
+    cwd_dir = Path.cwd() / "loadtests"
+    if (cwd_dir / "scenarios").is_dir():
+        return cwd_dir
+    return Path(__file__).resolve().parents[2] / "loadtests"
 
 
 class GatewaySettings(BaseModel):
@@ -103,6 +112,24 @@ class CpuEngineSettings(BaseModel):
     reserved_cpus: int = Field(0, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU.")
 
 
+class LoadTestSettings(BaseModel):
+    """`llmplat loadtest`: where its files are and which existing keys it uses."""
+
+    dir: Path = Field(
+        default_factory=_default_loadtests_dir,
+        description="Folder with locustfile.py and scenarios/; default ./loadtests, else the "
+        "source checkout's loadtests/.",
+    )
+    keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Existing API key per scenario team (LLMPLAT_LOADTEST__KEYS__CHAT=...); "
+        "teams without one are created through the admin API.",
+    )
+    run_spec: Path | None = Field(
+        None, description="Set by the runner for its Locust process: the run's plan (no secrets)."
+    )
+
+
 class Settings(BaseSettings):
     """Process-wide settings of llmplat (environment variables ``LLMPLAT_*``)."""
 
@@ -147,6 +174,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     cpu: CpuEngineSettings = Field(default_factory=CpuEngineSettings)
+    loadtest: LoadTestSettings = Field(default_factory=LoadTestSettings)
     ray_address: str | None = Field(
         None, description="Connect to this Ray cluster instead of starting a local one."
     )
@@ -211,3 +239,8 @@ class Settings(BaseSettings):
         if self.admin_token is None:
             update["admin_token"] = SecretStr(ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32))
         return self.model_copy(update=update) if update else self
+
+
+def child_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a child process: this process's, plus ``extra``."""
+    return {**os.environ, **extra}

@@ -107,16 +107,7 @@ async def client(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
 @pytest.fixture
 async def live_url(gateway: FastAPI) -> AsyncIterator[str]:
     """The gateway on real loopback HTTP (uvicorn), for streaming and disconnects."""
-    import asyncio
+    from support.loopback import serve_loopback
 
-    import uvicorn
-
-    config = uvicorn.Config(gateway, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serve_loopback(gateway) as url:
+        yield url
