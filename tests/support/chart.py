@@ -164,21 +164,40 @@ def _key(doc: dict[str, Any]) -> tuple[str, str]:
     return doc["kind"], doc["metadata"]["name"]
 
 
+def is_monitoring(doc: dict[str, Any]) -> bool:
+    """PodMonitors, PrometheusRules (the Prometheus Operator's CRDs) and dashboard ConfigMaps."""
+    labels = doc["metadata"].get("labels") or {}
+    return doc["kind"] in ("PodMonitor", "PrometheusRule") or (
+        doc["kind"] == "ConfigMap" and "grafana_dashboard" in labels
+    )
+
+
 def kustomize_documents() -> dict[str, list[dict[str, Any]]]:
-    """'base' → objects identical in every layout; overlay → the objects of its layout."""
+    """'base' → objects identical in every layout; 'monitoring' → the monitoring objects (a
+    kustomize component, for clusters with the Prometheus Operator); overlay → the rest."""
     rendered = {
         overlay: render(VALUES_DIR / source, overrides=KUSTOMIZE_VALUES)
         for overlay, source in OVERLAYS.items()
     }
-    by_key = {o: {_key(d): d for d in docs} for o, docs in rendered.items()}
+    by_key = {o: {_key(d): d for d in docs if not is_monitoring(d)} for o, docs in rendered.items()}
+    monitoring = {}
+    for docs in rendered.values():
+        for d in filter(is_monitoring, docs):
+            assert monitoring.setdefault(_key(d), d) == d, f"{_key(d)} differs between layouts"
     first = next(iter(by_key.values()))
-    shared = [
-        k for k, d in first.items() if all(other.get(k) == d for other in by_key.values())
-    ]
-    out = {"base": [first[k] for k in shared]}
+    shared = [k for k, d in first.items() if all(other.get(k) == d for other in by_key.values())]
+    out = {"base": [first[k] for k in shared], "monitoring": list(monitoring.values())}
     for overlay, docs in by_key.items():
         out[overlay] = [d for k, d in docs.items() if k not in shared]
     return out
+
+
+def kustomize_folder(part: str) -> Path:
+    if part in ("base",):
+        return KUSTOMIZE / part
+    if part == "monitoring":
+        return KUSTOMIZE / "components" / part
+    return KUSTOMIZE / "overlays" / part
 
 
 def _dump(docs: list[dict[str, Any]]) -> str:
@@ -188,9 +207,9 @@ def _dump(docs: list[dict[str, Any]]) -> str:
 def write_kustomize() -> list[Path]:
     written = []
     for part, docs in kustomize_documents().items():
-        folder = KUSTOMIZE / ("base" if part == "base" else f"overlays/{part}")
+        folder = kustomize_folder(part)
         folder.mkdir(parents=True, exist_ok=True)
-        source = "*.yaml (shared objects)" if part == "base" else OVERLAYS[part]
+        source = OVERLAYS.get(part, "*.yaml (objects every layout shares)")
         path = folder / "llmplat.yaml"
         path.write_text(_HEADER.format(source=source) + _dump(docs))
         written.append(path)
