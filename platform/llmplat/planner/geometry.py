@@ -151,7 +151,12 @@ class ModelGeometry:
         """Parameters one token passes through (top-k experts of each MoE layer)."""
         active_experts = self.experts_per_token if self.is_moe else 1
         per_layer = self.layer_params - self.mlp_params + active_experts * self.expert_params
-        return self.num_layers * per_layer + self.embedding_params + self.lm_head_params
+        return (
+            self.num_layers * per_layer
+            + self.embedding_params
+            + self.lm_head_params
+            + self.hidden_size  # final norm
+        )
 
     # bytes --------------------------------------------------------------------------------
     def layer_bytes(self, weights: str, activations: str = "bf16") -> int:
