@@ -133,7 +133,7 @@ def crd_validator(kind: str) -> Any:
     import jsonschema
 
     path = CRDS / f"ray.io_{kind.lower()}s.yaml"
-    crd = yaml.safe_load(path.read_text())
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = _close(version["schema"]["openAPIV3Schema"])
     return jsonschema.Draft7Validator(schema)
