@@ -62,6 +62,9 @@ def test_worker_groups_follow_the_layout(rendered, case: str) -> None:
     if gpus:
         assert limits["nvidia.com/gpu"] == requests["nvidia.com/gpu"] == gpus
         assert model["rayStartParams"]["num-gpus"] == str(gpus)
+        accel = profile.accelerator.accelerator_type
+        assert model["rayStartParams"]["resources"] == f'"{{\\"accelerator_type:{accel}\\":1}}"'
+
         assert gpus == profile.hardware.gpus_per_node
         eng = profile.engine
         per_replica = eng.tensor_parallel_size * eng.pipeline_parallel_size

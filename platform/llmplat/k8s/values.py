@@ -108,6 +108,8 @@ def _gpu_pod(fitted: list[Fitted], gpu: GpuType, per_node: int) -> dict[str, Any
     }
     if gpu.product_label:
         pod["nodeSelector"] = {"nvidia.com/gpu.product": gpu.product_label}
+    # Ray Serve LLM asks for `accelerator_type:<type>`; the autoscaler must see it offered.
+    pod["rayResources"] = {f"accelerator_type:{gpu.accelerator_type}": 1}
     return pod
 
 

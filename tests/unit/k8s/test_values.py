@@ -54,6 +54,7 @@ def test_worker_group_sized_from_the_layout(profile: str, pod: dict, groups: tup
 def test_gpu_pods_select_their_gpu_product_and_hold_the_weights() -> None:
     workers = layout_values(["mixtral-8x22b-h100x8"], CONFIGS)["modelWorkers"]
     assert workers["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert workers["rayResources"] == {"accelerator_type:H100": 1}  # for the autoscaler
     assert int(workers["memory"].removesuffix("Gi")) >= 282 * 1e9 / 2**30  # bf16 weights
 
 
