@@ -93,7 +93,7 @@ manifests: $(STAMP) chart-files chart-values
 	cd tests && ../$(BIN)/python -m support.chart write-kustomize
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests benchmarks
+	$(BIN)/ruff check platform tests benchmarks deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info
