@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.store import ConflictError, NotFoundError
 from llmplat.config.loader import load_yaml_model
+from llmplat.config.platform import repeated
 from llmplat.config.teams import Team
 
 _COMPARED = ("models", "priority_class", "max_tokens_cap", "limits")
@@ -29,10 +30,8 @@ class DeclaredTeams(BaseModel):
     @field_validator("teams")
     @classmethod
     def _unique(cls, teams: list[Team]) -> list[Team]:
-        names = [t.name for t in teams]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"teams declared more than once: {', '.join(dupes)}")
+        if dupes := repeated(t.name for t in teams):
+            raise ValueError(f"teams declared more than once: {dupes}")
         return teams
 
 

@@ -14,6 +14,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from llmplat.auth.kube_store import kube_configuration
+
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 _HEALTHY = {"RUNNING", "HEALTHY"}
 
@@ -23,20 +25,12 @@ class StatusError(RuntimeError):
 
 
 def custom_objects_api(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """In-cluster credentials inside a pod, else the kubeconfig (``$KUBECONFIG`` or
-    ``~/.kube/config``, or the file given)."""
-    cfg = client.Configuration()
+    """In-cluster credentials inside a pod, else the kubeconfig (the file given,
+    ``$KUBECONFIG`` or ``~/.kube/config``)."""
     try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=cfg
-            )
-        except (config.ConfigException, OSError, ValueError) as exc:
-            raise StatusError(
-                f"no Kubernetes configuration (kubeconfig or in-cluster): {exc}"
-            ) from exc
+        cfg = kube_configuration(kubeconfig, context)
+    except (config.ConfigException, OSError, ValueError) as exc:
+        raise StatusError(f"no Kubernetes configuration (kubeconfig or in-cluster): {exc}") from exc
     return client.CustomObjectsApi(client.ApiClient(cfg))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmplat.config.platform import repeated
 from llmplat.config.profiles import ModelProfile
 from llmplat.runtime import APP_NAME
 
@@ -31,10 +32,8 @@ class ServeAppArgs(BaseModel):
     @field_validator("profiles")
     @classmethod
     def _unique_model_ids(cls, profiles: list[ModelProfile]) -> list[ModelProfile]:
-        ids = [p.model_id for p in profiles]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"model_id served by more than one profile: {', '.join(dupes)}")
+        if dupes := repeated(p.model_id for p in profiles):
+            raise ValueError(f"model_id served by more than one profile: {dupes}")
         return profiles
 
 
