@@ -67,7 +67,7 @@ test-integration: $(STAMP) system-deps
 
 # The Helm chart, values files and kustomize overlays (no cluster needed).
 test-k8s: $(STAMP) system-deps $(CHECKOV)
-	$(BIN)/python -m pytest -q tests/k8s tests/unit/planner $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/k8s tests/unit/k8s tests/unit/planner $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
