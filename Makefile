@@ -8,8 +8,13 @@ STAMP  := $(VENV)/.installed
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV_FLAGS := $(foreach d,$(FIND_LINKS),--find-links $(d)) --excludes .ci/excludes.txt
 PYTEST_ARGS ?=
+# checkov (tests/k8s: security checks of the rendered chart) pins old networkx and packaging,
+# so it lives in a virtualenv of its own inside .venv.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
-.PHONY: serve test test-unit test-integration test-gpu bench lint model venv clean system-deps
+.PHONY: serve test test-unit test-integration test-gpu test-k8s bench lint model venv clean system-deps \
+	chart chart-files chart-values manifests
 
 venv: $(STAMP)
 
@@ -19,6 +24,10 @@ $(STAMP): pyproject.toml .ci/excludes.txt
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check uv
 	$(BIN)/uv pip install --python $(BIN)/python $(UV_FLAGS) -e ".[cpu,dev]"
 	@touch $(STAMP)
+
+$(CHECKOV): | $(STAMP)
+	$(BIN)/uv venv -q --python $(PYTHON) $(VENV)/tools/checkov
+	$(BIN)/uv pip install -q --python $(VENV)/tools/checkov/bin/python checkov==$(CHECKOV_VERSION)
 
 model: $(STAMP)
 	$(BIN)/llmplat model build-tiny
@@ -37,8 +46,17 @@ system-deps:
 	  else \
 	    echo "redis-server is missing: run 'sudo apt-get install redis-server'" >&2; exit 1; \
 	  fi; }
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing kubectl (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null; \
+	  elif sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null; \
+	  else \
+	    echo "kubectl is missing (kustomize overlay tests): run 'sudo apt-get install kubectl'" >&2; exit 1; \
+	  fi; }
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(CHECKOV)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-unit: $(STAMP) system-deps
@@ -46,6 +64,10 @@ test-unit: $(STAMP) system-deps
 
 test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
+
+# The Helm chart, values files and kustomize overlays (no cluster needed).
+test-k8s: $(STAMP) system-deps $(CHECKOV)
+	$(BIN)/python -m pytest -q tests/k8s tests/unit/k8s tests/unit/planner $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
@@ -55,8 +77,24 @@ bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/admission.py
 	$(BIN)/python benchmarks/metrics.py
 
+# Regenerate what the chart embeds from its sources (the tests fail when they drift):
+# dashboards and rules copied from deploy/, the generated block of each values file
+# (layouts sized by the planner, serve config from the profiles), the kustomize overlays.
+chart: chart-files chart-values manifests
+
+chart-files:
+	rm -f helm/llmplat/files/grafana/*.json
+	cp deploy/grafana/dashboards/*.json helm/llmplat/files/grafana/
+	cp deploy/prometheus/rules.yaml helm/llmplat/files/prometheus/rules.yaml
+
+chart-values: $(STAMP)
+	$(BIN)/llmplat deploy values --refresh helm/llmplat/values.yaml deploy/values/*.yaml
+
+manifests: $(STAMP) chart-files chart-values
+	cd tests && ../$(BIN)/python -m support.chart write-kustomize
+
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests benchmarks loadtests
+	$(BIN)/ruff check platform tests benchmarks loadtests deploy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,9 @@ import threading
 from pathlib import Path
 
 from llmplat.cli_admin import add_admin_commands
+from llmplat.cli_deploy import add_deploy_commands
 from llmplat.cli_loadtest import add_loadtest_command
+from llmplat.cli_plan import add_plan_command
 from llmplat.cli_status import add_status_command
 from llmplat.settings import Settings
 
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_commands(sub)
     add_status_command(sub)
     add_loadtest_command(sub)
+    add_plan_command(sub)
+    add_deploy_commands(sub)
     return parser
 
 

@@ -61,6 +61,21 @@ class GatewaySettings(BaseModel):
         "instead of behind the Serve proxy: one hop less per token (~15% throughput on "
         "2 cores). The proxy then listens on an internal port only.",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Each gateway replica also serves its Prometheus metrics on this port of "
+        "its node, so a scraper reads every replica (in a cluster, one replica per gateway "
+        "pod: see ray_resource). Unset: metrics only at GET /metrics of the endpoint.",
+    )
+    ray_resource: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="Ray custom resource each gateway replica takes one unit of. The Helm chart's "
+        "gateway pods offer one unit each, which puts exactly one gateway replica on every "
+        "gateway pod and none on GPU nodes.",
+    )
 
 
 class KeyStoreSettings(BaseModel):
@@ -175,6 +190,13 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     cpu: CpuEngineSettings = Field(default_factory=CpuEngineSettings)
     loadtest: LoadTestSettings = Field(default_factory=LoadTestSettings)
+    teams_file: Path | None = Field(
+        None,
+        description="YAML file declaring teams (`teams: [...]`, the fields of `llmplat teams "
+        "create`). When the platform starts from a Ray Serve config (a cluster), each listed "
+        "team is created or updated to match; teams not listed are left alone. The Helm chart "
+        "mounts its teams ConfigMap here.",
+    )
     ray_address: str | None = Field(
         None, description="Connect to this Ray cluster instead of starting a local one."
     )

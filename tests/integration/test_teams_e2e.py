@@ -141,7 +141,8 @@ async def _diagnose(live) -> str:
     async with httpx.AsyncClient() as http:
         text = (await http.get(live.engine_metrics_url)).text
     gauges = [
-        line for line in text.splitlines()
+        line
+        for line in text.splitlines()
         if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
         or line.startswith("ray_vllm_num_requests")
     ]

@@ -63,6 +63,25 @@ def _labels(record: _Record) -> dict[str, str]:
     return {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: "key", TEAM_LABEL: record.team}
 
 
+def kube_configuration(
+    config_file: str | None = None, context: str | None = None
+) -> client.Configuration:
+    """The service account's configuration inside a pod, else a kubeconfig: ``config_file``,
+    ``$KUBECONFIG`` or ``~/.kube/config`` (``context``, or its current one). Raises
+    ``config.ConfigException`` (or OSError/ValueError for a broken file) when neither works."""
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        # $KUBECONFIG is read now, not when the client library was imported.
+        config.load_kube_config(
+            config_file=config_file or os.environ.get("KUBECONFIG") or None,
+            context=context,
+            client_configuration=cfg,
+        )
+    return cfg
+
+
 class _CallbackError(Exception):
     """Wraps what ``on_change`` raised, so that it is not mistaken for an API failure."""
 
@@ -102,20 +121,13 @@ class KubernetesKeyStore(KeyStore):
     def from_environment(cls, namespace: str) -> KubernetesKeyStore:
         """In-cluster service account config when running in a pod, else the kubeconfig
         (``$KUBECONFIG`` or ``~/.kube/config``, its current context)."""
-        cfg = client.Configuration()
         try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            try:
-                # $KUBECONFIG is read now, not when the client library was imported.
-                config.load_kube_config(
-                    config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg
-                )
-            except (config.ConfigException, OSError, ValueError) as exc:
-                raise StoreError(
-                    "no Kubernetes configuration for the key store: not running in a pod and "
-                    f"no usable kubeconfig ($KUBECONFIG or ~/.kube/config): {exc}"
-                ) from exc
+            cfg = kube_configuration()
+        except (config.ConfigException, OSError, ValueError) as exc:
+            raise StoreError(
+                "no Kubernetes configuration for the key store: not running in a pod and "
+                f"no usable kubeconfig ($KUBECONFIG or ~/.kube/config): {exc}"
+            ) from exc
         return cls(namespace, client.CoreV1Api(client.ApiClient(cfg)))
 
     # -- errors ------------------------------------------------------------------------------

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def repeated(items: Iterable[str]) -> str:
+    """The items given more than once, sorted and comma-separated ('' when none)."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for item in items:
+        (twice if item in seen else seen).add(item)
+    return ", ".join(sorted(twice))
 
 
 class PlatformConfig(BaseModel):
@@ -19,7 +30,6 @@ class PlatformConfig(BaseModel):
     @field_validator("models")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
-        dupes = sorted({m for m in value if value.count(m) > 1})
-        if dupes:
-            raise ValueError(f"listed more than once: {', '.join(dupes)}")
+        if dupes := repeated(value):
+            raise ValueError(f"listed more than once: {dupes}")
         return value

@@ -159,6 +159,12 @@ class ModelProfile(_Strict):
         description="Local path or volume with HF-format weights, or 'builtin:tiny-mixtral'.",
     )
     tokenizer: str | None = Field(None, description="Tokenizer path when not with the weights.")
+    hf_config: str | None = Field(
+        None,
+        description="Hugging Face config.json with the model's shapes, read by the capacity "
+        "planner when the weights are not at hand (a path relative to the profile file); "
+        "default: <source>/config.json.",
+    )
     description: str = ""
     accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec)
     engine: EngineSpec

@@ -51,6 +51,7 @@ class GatewayConfig:
     keystore_path: str = ""
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     audit_sink: str | None = None
+    metrics_port: int | None = None
 
 
 @dataclass

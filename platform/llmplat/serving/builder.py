@@ -58,6 +58,7 @@ def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfi
         keystore_path=str(settings.keystore_path),
         quotas=settings.quotas,
         audit_sink=settings.audit_sink,
+        metrics_port=gw.metrics_port,
     )
 
 
@@ -75,11 +76,14 @@ def build_application(
         )
         for m in models
     }
+    actor_options: dict[str, Any] = {"num_cpus": 0}
+    if settings.gateway.ray_resource:
+        actor_options["resources"] = {settings.gateway.ray_resource: 1}
     gateway = serve.deployment(
         Gateway,
         name="Gateway",
         num_replicas=settings.gateway.replicas,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=actor_options,
         max_ongoing_requests=10_000,
     )
     return gateway.bind(gateway_config(models, settings), handles)

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 from ray import serve
 
 from llmplat.gateway.app import create_app
@@ -23,6 +24,9 @@ class Gateway:
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
         self._state = assemble_state(config, backends)
         self._state.status = serve_status
+        if config.metrics_port is not None and self._state.metrics is not None:
+            # One scrape target per replica (the chart's PodMonitor), beside GET /metrics.
+            start_http_server(config.metrics_port, registry=self._state.metrics.registry)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)

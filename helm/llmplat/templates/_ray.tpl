@@ -1,0 +1,180 @@
+{{/* Environment of every Ray container: llmplat settings, secrets, Ray tuning. */}}
+{{- define "llmplat.rayEnv" -}}
+- name: LLMPLAT_KEYSTORE__NAMESPACE
+{{- if .Values.keyStore.namespace }}
+  value: {{ .Values.keyStore.namespace | quote }}
+{{- else }}
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
+- name: LLMPLAT_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llmplat.adminSecretName" . }}
+      key: {{ .Values.adminToken.existingSecretKey }}
+{{- with include "llmplat.redisUrlSecretName" . }}
+- name: LLMPLAT_QUOTAS__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "llmplat.redisUrlSecretKey" $ }}
+{{- end }}
+{{- end }}
+
+{{- define "llmplat.rayEnvFrom" -}}
+- configMapRef:
+    name: {{ include "llmplat.fullname" . }}-env
+{{- end }}
+
+{{/* KubeRay's own probes, spelled out (a custom probe replaces KubeRay's injected one). */}}
+{{- define "llmplat.rayletCheck" -}}
+wget --tries 1 -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success
+{{- end }}
+
+{{- define "llmplat.rayProbes" -}}
+{{- $checks := list (include "llmplat.rayletCheck" .root) }}
+{{- if eq .role "head" }}
+{{- $checks = append $checks "wget --tries 1 -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success" }}
+{{- end -}}
+livenessProbe:
+  exec:
+    command: ["bash", "-c", {{ join " && " $checks | quote }}]
+  initialDelaySeconds: 30
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 120
+readinessProbe:
+{{- if eq .role "head" }}
+  exec:
+    command: ["bash", "-c", {{ join " && " $checks | quote }}]
+  failureThreshold: 10
+{{- else }}
+  {{- /* A worker serves traffic only while its Serve proxy is healthy (KubeRay's rule). */}}
+  exec:
+    command: ["bash", "-c", {{ append $checks "wget --tries 1 -T 2 -q -O- http://localhost:8000/-/healthz | grep success" | join " && " | quote }}]
+  failureThreshold: 1
+{{- end }}
+  initialDelaySeconds: 10
+  periodSeconds: 5
+  timeoutSeconds: 2
+{{- end }}
+
+{{- define "llmplat.rayVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: /var/lib/llmplat
+- name: shm
+  mountPath: /dev/shm
+- name: teams
+  mountPath: /etc/llmplat
+  readOnly: true
+{{- if ne .Values.model.storage.type "none" }}
+- name: models
+  mountPath: {{ .Values.model.storage.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "llmplat.rayVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: home
+  emptyDir: {}
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shm }}
+- name: teams
+  configMap:
+    name: {{ include "llmplat.fullname" .root }}-teams
+{{- $s := .root.Values.model.storage }}
+{{- if eq $s.type "pvc" }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ $s.claimName }}
+    readOnly: true
+{{- else if eq $s.type "hostPath" }}
+- name: models
+  hostPath:
+    path: {{ $s.hostPath }}
+    type: Directory
+{{- end }}
+{{- end }}
+
+{{/* Builtin models (the tiny CPU model) are built offline into each pod's home first. */}}
+{{- define "llmplat.modelInit" -}}
+{{- $builtin := false }}
+{{- range $app := .Values.serveConfig.applications }}
+{{- range $p := $app.args.profiles }}
+{{- if hasPrefix "builtin:" $p.source }}{{ $builtin = true }}{{ end }}
+{{- end }}
+{{- end }}
+{{- if $builtin }}
+initContainers:
+  - name: build-builtin-model
+    image: {{ include "llmplat.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command: ["llmplat", "model", "build-tiny"]
+    env:
+      {{- include "llmplat.rayEnv" . | nindent 6 }}
+    envFrom:
+      {{- include "llmplat.rayEnvFrom" . | nindent 6 }}
+    resources:
+      requests: {cpu: "1", memory: 2Gi}
+      limits: {cpu: "2", memory: 2Gi}
+    securityContext:
+      {{- include "llmplat.containerSecurityContext" . | nindent 6 }}
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+      - name: home
+        mountPath: /var/lib/llmplat
+{{- end }}
+{{- end }}
+
+{{/* The pod spec shared by head, gateway and model pods; differences come in through args. */}}
+{{- define "llmplat.rayPodSpec" -}}
+{{- $root := .root }}
+{{- $V := $root.Values -}}
+serviceAccountName: {{ include "llmplat.serviceAccountName" $root }}
+securityContext:
+  {{- include "llmplat.podSecurityContext" $root | nindent 2 }}
+{{- with $V.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- include "llmplat.modelInit" $root }}
+containers:
+  - name: {{ .container }}
+    image: {{ include "llmplat.image" $root }}
+    imagePullPolicy: {{ $V.image.pullPolicy }}
+    ports:
+      {{- toYaml .ports | nindent 6 }}
+    env:
+      {{- include "llmplat.rayEnv" $root | nindent 6 }}
+    envFrom:
+      {{- include "llmplat.rayEnvFrom" $root | nindent 6 }}
+    resources:
+      {{- toYaml .resources | nindent 6 }}
+    securityContext:
+      {{- include "llmplat.containerSecurityContext" $root | nindent 6 }}
+    {{- include "llmplat.rayProbes" (dict "root" $root "role" .role) | nindent 4 }}
+    volumeMounts:
+      {{- include "llmplat.rayVolumeMounts" $root | nindent 6 }}
+volumes:
+  {{- include "llmplat.rayVolumes" (dict "root" $root "shm" .shm) | nindent 2 }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""Kubernetes: Helm values for a model layout, RayService status."""

@@ -1,0 +1,45 @@
+"""The Serve application on a cluster: ``import_path: llmplat.serving.entrypoint:build_app``.
+
+Ray Serve calls :func:`build_app` with the config's ``args`` (see
+:mod:`llmplat.serving.serve_config`) on a node of the cluster. Settings come from that pod's
+environment (``LLMPLAT_*``, set by the Helm chart from its ConfigMap and Secrets).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray.serve.deployment import Application
+
+from llmplat.config.loader import LoadedPlatform
+from llmplat.serving.builder import build_application, build_models
+from llmplat.serving.serve_config import ServeAppArgs
+from llmplat.settings import Settings
+
+log = logging.getLogger("llmplat.entrypoint")
+
+
+def apply_teams_file(settings: Settings) -> None:
+    """Create or update the teams the chart declares (``LLMPLAT_TEAMS_FILE``)."""
+    if settings.teams_file is None:
+        return
+    from llmplat.auth.admin import KeyAdmin
+    from llmplat.auth.declared import apply_declared_teams, load_declared_teams
+    from llmplat.stores import open_key_store
+
+    teams = load_declared_teams(settings.teams_file)
+    admin = KeyAdmin(open_key_store(settings.keystore, settings.keystore_path))
+    for team, outcome in apply_declared_teams(admin, teams).items():
+        log.info("declared team %s: %s", team, outcome)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Gateway + one LLMServer deployment per profile, as ``llmplat serve`` builds them."""
+    settings = Settings()
+    spec = ServeAppArgs.model_validate(args)
+    apply_teams_file(settings)
+    platform = LoadedPlatform(path=Path("serveConfigV2"), profiles=tuple(spec.profiles))
+    models = build_models(platform, settings, progress=log.info)
+    return build_application(models, settings)

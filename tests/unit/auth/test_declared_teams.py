@@ -1,0 +1,67 @@
+"""Teams declared in the chart's ConfigMap, applied to a key store at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmplat.auth.admin import KeyAdmin
+from llmplat.auth.declared import apply_declared_teams, load_declared_teams
+from llmplat.auth.file_store import FileKeyStore
+from llmplat.config.loader import ConfigError
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> KeyAdmin:
+    return KeyAdmin(FileKeyStore(tmp_path / "teams.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "declared.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_creates_updates_and_leaves_others_alone(tmp_path: Path, admin: KeyAdmin) -> None:
+    admin.create_team({"name": "ide", "priority_class": "interactive"})
+    admin.create_team({"name": "ci", "priority_class": "interactive"})
+    key = admin.create_key("ci", name="github")
+    declared = load_declared_teams(
+        write(
+            tmp_path,
+            "teams:\n"
+            "  - {name: ci, priority_class: batch, limits: {tokens_per_day: 1000}}\n"
+            "  - {name: batch-jobs, models: [tiny-mixtral], priority_class: batch}\n",
+        )
+    )
+    assert apply_declared_teams(admin, declared) == {"ci": "updated", "batch-jobs": "created"}
+    ci = admin.get_team("ci")
+    assert ci.priority_class == "batch" and ci.limits.tokens_per_day == 1000
+    assert admin.get_team("batch-jobs").models == ("tiny-mixtral",)
+    assert admin.get_team("ide").priority_class == "interactive"  # not declared: untouched
+    assert [k.key_id for k in admin.list_keys(team="ci")] == [key.record.key_id]
+    assert apply_declared_teams(admin, declared) == {"ci": "unchanged", "batch-jobs": "unchanged"}
+
+
+def test_declared_limits_replace_the_stored_ones(tmp_path: Path, admin: KeyAdmin) -> None:
+    admin.create_team({"name": "ci", "limits": {"requests_per_minute": 5, "tokens_per_day": 9}})
+    declared = load_declared_teams(
+        write(tmp_path, "teams:\n  - {name: ci, limits: {tokens_per_day: 7}}\n")
+    )
+    apply_declared_teams(admin, declared)
+    limits = admin.get_team("ci").limits
+    assert limits.tokens_per_day == 7 and limits.requests_per_minute is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("teams:\n  - {name: ci}\n  - {name: ci}\n", "declared more than once: ci"),
+        ("teams:\n  - {name: CI}\n", "teams.0.name"),
+        ("teams:\n  - {name: ci, priority_class: urgent}\n", "teams.0.priority_class"),
+    ],
+)
+def test_bad_declarations_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_declared_teams(write(tmp_path, text))

@@ -1,0 +1,88 @@
+"""The Serve config (RayService serveConfigV2) and the entrypoint Ray Serve imports from it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from llmplat.config.loader import load_profile
+from llmplat.engine.llm_config import build_llm_config
+from llmplat.serving import entrypoint
+from llmplat.serving.serve_config import ENTRYPOINT, ServeAppArgs, serve_config
+from llmplat.settings import Settings
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+PROFILES = sorted(p.stem for p in (CONFIGS / "models").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_serve_config_is_valid_for_ray_and_carries_the_profile_whole(name: str) -> None:
+    profile = load_profile(name, CONFIGS)
+    config = serve_config([profile])
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == ENTRYPOINT and app["route_prefix"] == "/"
+    assert ServeAppArgs.model_validate(app["args"]).profiles == [profile]
+    # it survives the trip through YAML (the RayService holds it as a string)
+    assert yaml.safe_load(yaml.safe_dump(config)) == config
+
+
+def test_import_path_names_a_one_argument_application_builder() -> None:
+    module, attr = ENTRYPOINT.split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    assert builder is entrypoint.build_app
+    assert len(inspect.signature(builder).parameters) == 1  # what Ray Serve requires
+
+
+def test_two_profiles_serving_one_model_id_are_refused() -> None:
+    a = load_profile("mixtral-8x22b-h100x8", CONFIGS)
+    b = load_profile("mixtral-8x22b-h100x8-fp8", CONFIGS)
+    with pytest.raises(ValueError, match="model_id served by more than one profile"):
+        serve_config([a, b])
+
+
+def test_build_app_builds_what_llmplat_serve_builds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "models" / "mixtral"
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text("{}")
+    profile = load_profile("mixtral-8x22b-h100x8", CONFIGS).model_copy(
+        update={"source": str(weights)}
+    )
+    teams = tmp_path / "teams.yaml"
+    teams.write_text("teams:\n  - {name: ci, priority_class: batch, max_tokens_cap: 64}\n")
+    for key, value in {
+        "LLMPLAT_HOME": str(tmp_path / "home"),
+        "LLMPLAT_MODE": "production",
+        "LLMPLAT_TEAMS_FILE": str(teams),
+        "LLMPLAT_KEYSTORE__PATH": str(tmp_path / "keys.yaml"),
+        "LLMPLAT_GATEWAY__RAY_RESOURCE": "llmplat_gateway",
+    }.items():
+        monkeypatch.setenv(key, value)
+    built: dict[str, Any] = {}
+
+    def capture(models, settings):
+        built.update(models=models, settings=settings)
+        return "application"
+
+    monkeypatch.setattr(entrypoint, "build_application", capture)
+    args = serve_config([profile])["applications"][0]["args"]
+    assert entrypoint.build_app(args) == "application"
+    (model,) = built["models"]
+    settings: Settings = built["settings"]
+    assert settings.mode == "production" and settings.gateway.ray_resource == "llmplat_gateway"
+    assert model.model_id == "mixtral-8x22b-instruct" and model.model_path == str(weights)
+    expected = build_llm_config(profile, settings, str(weights))
+    assert model.llm_config.model_dump() == expected.model_dump()
+    assert model.llm_config.engine_kwargs["tensor_parallel_size"] == 8
+    # the declared team was applied to the key store on the way
+    from llmplat.auth.file_store import FileKeyStore
+
+    assert FileKeyStore(tmp_path / "keys.yaml").load().teams["ci"].max_tokens_cap == 64
