@@ -35,26 +35,19 @@ model: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/llmplat serve
 
-# Redis for the quota tests (Debian's package). Root installs it; others get told how.
+# Debian packages the tests need: redis-server (quota tests), kubectl (kustomize overlays).
+# Root installs them; others get told how.
+SYSTEM_PACKAGES := redis-server kubectl
+
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing redis-server (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  elif sudo -n true 2>/dev/null; then \
-	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	  else \
-	    echo "redis-server is missing: run 'sudo apt-get install redis-server'" >&2; exit 1; \
-	  fi; }
-	@command -v kubectl >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing kubectl (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null; \
-	  elif sudo -n true 2>/dev/null; then \
-	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null; \
-	  else \
-	    echo "kubectl is missing (kustomize overlay tests): run 'sudo apt-get install kubectl'" >&2; exit 1; \
-	  fi; }
+	@for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo=sudo; \
+	  else echo "$$pkg is missing: run 'sudo apt-get install $$pkg'" >&2; exit 1; fi; \
+	  echo "installing $$pkg (apt-get)"; \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null || exit 1; \
+	done
 
 test: $(STAMP) system-deps $(CHECKOV)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

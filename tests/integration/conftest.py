@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import openai
 import pytest
 
 from llmplat.settings import Settings
+from support import MODEL
 
 START_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 90
@@ -129,6 +131,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
             pytest.fail(f"platform not ready in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
         time.sleep(1)
     print(f"\nllmplat serve ready in {time.monotonic() - started:.0f} s", flush=True)
+    warm_s = _warm_up(url, key)
+    print(f"engine warmed up in {warm_s:.0f} s", flush=True)
     platform = LivePlatform(
         url=url,
         key=key,
@@ -167,6 +171,48 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
             for root in (home, Settings(home=home).ray_temp_dir):
                 leaked = _files_containing(root, secret)
                 assert not leaked, f"a secret leaked into {leaked}"
+
+
+def _warm_up(url: str, key: str) -> float:
+    """Send the prompt sizes and kinds the tests use, alone and together, before any test.
+
+    A fresh vLLM-CPU engine is slow on the first batches of each new shape (tens of seconds
+    to a first token); the tests measure a warm platform, as users of a running one see it.
+    """
+    t0 = time.monotonic()
+    words = "expert router token batch stream cache layer shard gate prefix".split()
+
+    def text(n: int) -> str:
+        return " ".join(words[i % len(words)] for i in range(n))
+
+    bodies = (
+        [("completions", {"prompt": text(n), "max_tokens": 4}) for n in (4, 40, 150, 400, 900)]
+        + [
+            (
+                "chat/completions",
+                {"messages": [{"role": "user", "content": text(n)}], "max_tokens": 4},
+            )
+            for n in (20, 300)
+        ]
+        + [
+            (
+                "completions",
+                {"prompt": "def f(x):\n    ", "suffix": "\n    return y", "max_tokens": 4},
+            )
+        ]
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=f"{url}/v1", headers=headers, timeout=300) as http:
+
+        def send(item: tuple[str, dict]) -> None:
+            path, body = item
+            http.post(f"/{path}", json={"model": MODEL, **body}).raise_for_status()
+
+        for item in bodies:  # each shape alone, then all of them at once
+            send(item)
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            list(pool.map(send, bodies * 2))
+    return time.monotonic() - t0
 
 
 def _cli_team_key(team: str, flags: list[str], env: dict[str, str]) -> str:
