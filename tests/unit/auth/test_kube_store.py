@@ -163,7 +163,7 @@ def test_names_labels_and_data(kube: EmulatorHandle, store: KubernetesKeyStore) 
     assert decoded(raw["llmplat-team-ci-main"])["name"] == "ci-main"
 
     # The plaintext key (or its secret part) never reached the API server, in any form.
-    secret_part = new.plaintext.rsplit("_", 1)[1]
+    secret_part = new.plaintext.split("_", 2)[2]  # the secret itself may contain "_"
     for body in kube.request_bodies():
         text = body.decode()
         for form in (new.plaintext, secret_part, base64.b64encode(secret_part.encode()).decode()):
