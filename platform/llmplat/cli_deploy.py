@@ -85,7 +85,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     namespace = args.namespace or settings.keystore.namespace
     try:
-        api = custom_objects_api(args.kubeconfig, args.context)
+        api = custom_objects_api(
+            args.kubeconfig
+            or (str(settings.keystore.kubeconfig) if settings.keystore.kubeconfig else None),
+            args.context,
+        )
         summary = summarize(read_rayservice(api, namespace, args.name))
     except StatusError as exc:
         _err(str(exc))

@@ -86,6 +86,12 @@ class KeyStoreSettings(BaseModel):
     )
     path: Path | None = Field(None, description="File store path; default <home>/teams.yaml.")
     namespace: str = Field("llmplat", description="Namespace of the Kubernetes store's Secrets.")
+    kubeconfig: Path | None = Field(
+        default_factory=lambda: (
+            Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None
+        ),
+        description="Kubeconfig outside a pod (default: $KUBECONFIG, else ~/.kube/config).",
+    )
 
 
 class QuotaSettings(BaseModel):

@@ -13,7 +13,9 @@ def open_key_store(settings: KeyStoreSettings, default_path: Path) -> KeyStore:
     if settings.backend == "kubernetes":
         from llmplat.auth.kube_store import KubernetesKeyStore
 
-        return KubernetesKeyStore.from_environment(settings.namespace)
+        return KubernetesKeyStore.from_environment(
+            settings.namespace, str(settings.kubeconfig) if settings.kubeconfig else None
+        )
     from llmplat.auth.file_store import FileKeyStore
 
     return FileKeyStore(settings.path or default_path)

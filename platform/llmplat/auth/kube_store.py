@@ -19,7 +19,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -73,9 +72,8 @@ def kube_configuration(
     try:
         config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        # $KUBECONFIG is read now, not when the client library was imported.
         config.load_kube_config(
-            config_file=config_file or os.environ.get("KUBECONFIG") or None,
+            config_file=config_file,
             context=context,
             client_configuration=cfg,
         )
@@ -118,11 +116,11 @@ class KubernetesKeyStore(KeyStore):
         self._retry_s = retry_s
 
     @classmethod
-    def from_environment(cls, namespace: str) -> KubernetesKeyStore:
+    def from_environment(cls, namespace: str, kubeconfig: str | None = None) -> KubernetesKeyStore:
         """In-cluster service account config when running in a pod, else the kubeconfig
         (``$KUBECONFIG`` or ``~/.kube/config``, its current context)."""
         try:
-            cfg = kube_configuration()
+            cfg = kube_configuration(kubeconfig)
         except (config.ConfigException, OSError, ValueError) as exc:
             raise StoreError(
                 "no Kubernetes configuration for the key store: not running in a pod and "

@@ -15,6 +15,7 @@ from llmplat.auth.keys import mint_key
 from llmplat.auth.kube_store import KubernetesKeyStore
 from llmplat.auth.store import ConflictError, NotFoundError, StoreError
 from llmplat.config.teams import ApiKeyRecord, Limits, Registry, Team
+from llmplat.settings import Settings
 from support.kube_emulator import EmulatorHandle, running_kube_emulator
 
 NS = "llmplat"
@@ -263,7 +264,7 @@ def test_from_environment_uses_the_kubeconfig(
     )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    store = KubernetesKeyStore.from_environment(NS)
+    store = KubernetesKeyStore.from_environment(NS, str(Settings().keystore.kubeconfig))
     assert store.namespace == NS
     store.put_team(Team(name="ide"), create=True)
     assert set(KubernetesKeyStore(NS, kube.core_v1()).load().teams) == {"ide"}
@@ -273,7 +274,7 @@ def test_from_environment_without_any_config(tmp_path, monkeypatch: pytest.Monke
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(StoreError, match="no Kubernetes configuration"):
-        KubernetesKeyStore.from_environment(NS)
+        KubernetesKeyStore.from_environment(NS, str(Settings().keystore.kubeconfig))
 
 
 def test_watch_delivers_a_revocation_and_stops_promptly(kube: EmulatorHandle) -> None:
