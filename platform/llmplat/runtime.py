@@ -58,9 +58,6 @@ def ray_environment(settings: Settings) -> dict[str, str]:
         env |= {
             # Direct ingress (gateway replicas serve HTTP), Serve's handle and loop tuning.
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            # ... but gateway → model calls stay Ray actor calls: the mode's experimental
-            # gRPC transport between deployments is not trusted with every response yet.
-            "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(end),
             # Locally there is no load balancer to drain from.
