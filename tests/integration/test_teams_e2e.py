@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import subprocess
 import time
 
 import httpx
@@ -158,7 +159,26 @@ async def _diagnose(live) -> str:
         if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
         or line.startswith("ray_vllm_num_requests")
     ]
-    return f"audit (team ci) statuses {statuses}; engine: {gauges}"
+    return f"audit (team ci) statuses {statuses}; engine: {gauges}; sockets: {_sockets(live)}"
+
+
+def _sockets(live) -> str:
+    """TCP state of connections to the gateway port: bytes the client has not read (Recv-Q
+    on the client's end) mean the server answered; bytes unsent (Send-Q on the server's
+    end) mean the network path stalled; neither means the answer was never written."""
+    port = live.url.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["ss", "-tn", "state", "established", f"( sport = :{port} or dport = :{port} )"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    rows = []
+    for line in out.splitlines()[1:]:
+        recv_q, send_q, local, peer = line.split()[:4]
+        side = "server" if local.endswith(f":{port}") else "client"
+        if recv_q != "0" or send_q != "0":
+            rows.append(f"{side} {local}->{peer} recv_q={recv_q} send_q={send_q}")
+    total = len(out.splitlines()) - 1
+    return f"{total} established, with queued bytes: {rows or 'none'}"
 
 
 def _auth(live, team: str) -> dict[str, str]:

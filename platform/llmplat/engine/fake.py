@@ -66,6 +66,8 @@ class FakeEngine(LLMEngine):
         options = llm_config.experimental_configs.get(FAKE_OPTIONS_KEY, {})
         self.token_delay_s: float = float(options.get("token_delay_s", 0.0))
         self.started = False
+        self.open_calls = 0
+        """Generation calls not yet read to their end (or closed) by the caller."""
 
     async def start(self) -> None:
         self.started = True
@@ -134,6 +136,16 @@ class FakeEngine(LLMEngine):
         return None
 
     async def _generate(
+        self, request: Any, prompt: str | list[int], *, chat: bool
+    ) -> AsyncGenerator[Any, None]:
+        self.open_calls += 1
+        try:
+            async for item in self._produce(request, prompt, chat=chat):
+                yield item
+        finally:
+            self.open_calls -= 1
+
+    async def _produce(
         self, request: Any, prompt: str | list[int], *, chat: bool
     ) -> AsyncGenerator[Any, None]:
         text = prompt if isinstance(prompt, str) else ""

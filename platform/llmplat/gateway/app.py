@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmplat.auth.base import Principal
@@ -48,6 +50,8 @@ from llmplat.quotas.service import Admitted
 log = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_DRAIN_TIMEOUT_S = 10.0
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -251,13 +255,18 @@ def method_of(req: Any) -> Method:
 
 
 async def _generate(state: GatewayState, request: Request, method: Method) -> Response:
+    incoming = request.headers.get("x-request-id", "")
+    given = bool(_REQUEST_ID.fullmatch(incoming))
     record = RequestRecord(
         endpoint=method,
         started=state.clock(),
-        request_id=uuid.uuid4().hex,
+        request_id=incoming if given else uuid.uuid4().hex,
         client=request.client.host if request.client else None,
     )
-    headers = {"x-request-id": record.request_id}
+    # Serve's proxy (and a direct-ingress replica) puts an X-Request-ID on every request and
+    # echoes it on the response; the audit log uses the same id, and the header is set here
+    # only when nobody set one, so the response never carries two.
+    headers = {} if given else {"x-request-id": record.request_id}
     admitted: Admitted | None = None
     principal: Principal | None = None
     try:
@@ -324,7 +333,9 @@ async def _forward(
         usage = getattr(first, "usage", None)
         record.usage = Usage(usage.prompt_tokens, usage.completion_tokens or 0) if usage else None
         await _finish(state, record, admitted, 200)
-        return JSONResponse(first.model_dump(), headers=headers)
+        return JSONResponse(
+            first.model_dump(), headers=headers, background=BackgroundTask(_drain, call, upstream)
+        )
 
     outcome = StreamOutcome()
 
@@ -362,6 +373,18 @@ async def _forward(
     return StreamingResponse(
         body_iter(), media_type="text/event-stream", headers=headers | _SSE_HEADERS
     )
+
+
+async def _drain(call: Any, upstream: Any) -> None:
+    """After a non-streaming answer is sent: read the model call to its end (it yields once),
+    so the handle's response generator finishes instead of being left open."""
+    try:
+        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+            async for _ in upstream:
+                log.warning("non-streaming model call yielded more than one item")
+    except Exception as exc:  # the client has its answer; release the call either way
+        log.debug("closing a finished model call: %s: %s", type(exc).__name__, exc)
+        call.cancel()
 
 
 async def _finish(

@@ -27,10 +27,27 @@ async def test_chat_completion_returns_engine_text_and_usage(client, records) ->
     assert [(r.status, r.usage.completion_tokens) for r in records] == [(200, 5)]
 
 
-async def test_completion_non_streaming(client) -> None:
+async def test_completion_non_streaming(client, gateway) -> None:
     resp = await client.completions.create(model=MODEL, prompt="a b c", max_tokens=3)
     assert resp.choices[0].text == " ".join(fake_tokens("a b c", 3))
     assert resp.usage.total_tokens == 6
+    # The model call was read to its end after the answer, not left open.
+    assert gateway.state.gateway.backends[MODEL].engine.open_calls == 0
+
+
+async def test_request_id_is_one_header_and_the_audit_id(http, records) -> None:
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 1}
+    r = await http.post("/v1/completions", json=body, headers=auth(DEV_KEY))
+    assert len(r.headers.get_list("x-request-id")) == 1
+    assert r.headers["x-request-id"] == records[-1].request_id
+    # A proxy's (or client's) id is kept for the audit and not repeated by the gateway.
+    given = {**auth(DEV_KEY), "x-request-id": "trace-42.a:b"}
+    r = await http.post("/v1/completions", json=body, headers=given)
+    assert r.status_code == 200 and "x-request-id" not in r.headers
+    assert records[-1].request_id == "trace-42.a:b"
+    bad = {**auth(DEV_KEY), "x-request-id": "x" * 200}
+    r = await http.post("/v1/completions", json=body, headers=bad)
+    assert r.headers["x-request-id"] == records[-1].request_id != "x" * 200
 
 
 async def test_stream_without_usage_hides_usage_but_gateway_learns_it(client, records) -> None:
