@@ -19,6 +19,12 @@ RAY_ENV_DEFAULTS = {
     "RAY_DEDUP_LOGS": "1",
     # Ray starts workers at nice 15 (below its own agents); the engine is the workload.
     "RAY_worker_niceness": "0",
+    # Serve's controller loop runs 10 times a second by default: with the GCS it polls it
+    # took 5.7 CPU-seconds of a 16-stream benchmark on 2 cores, 2.2 at twice a second.
+    # Replicas export Serve metrics once a second instead of ten times (Prometheus scrapes
+    # every few seconds). Autoscaling decisions are unaffected at this scale.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
 
 
