@@ -26,9 +26,10 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cpu_time
 import httpx
 
 from llmplat.config.loader import load_profile
@@ -50,6 +51,7 @@ class Result:
     tokens_per_s: float
     ttft_p50_ms: float
     ttft_p95_ms: float
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -224,10 +226,13 @@ def run_target(name: str, cmd: list[str], env: dict, url: str, key: str, args) -
         results = []
         for conc in args.concurrency:
             per_worker = args.requests_per_stream
+            before = cpu_time.snapshot()
             r = asyncio.run(measure(name, url, key, conc, per_worker, args.max_tokens))
+            r.cpu_s = {k: v for k, v in cpu_time.spent(before).items() if v >= 0.1}
             print(
                 f"  {name:8s} c={conc:<3d} {r.tokens_per_s:8.1f} tok/s  "
-                f"TTFT p50 {r.ttft_p50_ms:7.1f} ms  p95 {r.ttft_p95_ms:7.1f} ms",
+                f"TTFT p50 {r.ttft_p50_ms:7.1f} ms  p95 {r.ttft_p95_ms:7.1f} ms\n"
+                f"           CPU s: " + ", ".join(f"{k} {v}" for k, v in r.cpu_s.items()),
                 flush=True,
             )
             results.append(r)
