@@ -2,7 +2,8 @@
 
 The whole machine is counted (it is shared and noisy); processes are grouped by what they are
 (the engine's worker threads, vLLM's frontend, the gateway, each Ray daemon), so a benchmark
-can print what the platform costs beyond the engine.
+can print what the platform costs beyond the engine. A process that exits between the two
+snapshots is not counted.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmplat.settings import Settings
+from llmplat.settings import Settings, export_defaults
 
 # Serve/Ray tuning for a gateway → engine path (see README, Benchmarks).
 RAY_ENV_DEFAULTS = {
@@ -74,8 +74,7 @@ def ray_environment(settings: Settings) -> dict[str, str]:
 
 def prepare_environment(settings: Settings) -> None:
     """Export Ray's variables; call before importing ray.serve (it reads them at import)."""
-    for key, value in ray_environment(settings).items():
-        os.environ.setdefault(key, value)
+    export_defaults(ray_environment(settings))
 
 
 def user_ports(settings: Settings) -> list[int]:

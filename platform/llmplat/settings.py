@@ -272,3 +272,13 @@ class Settings(BaseSettings):
 def child_environment(extra: dict[str, str]) -> dict[str, str]:
     """The environment of a child process: this process's, plus ``extra``."""
     return {**os.environ, **extra}
+
+
+def export_defaults(defaults: dict[str, str]) -> None:
+    """Put ``defaults`` into this process's environment where the user has not set them.
+
+    For variables that processes started from here (Ray's daemons, Serve's replicas) read
+    when they start; a value the user exported wins.
+    """
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

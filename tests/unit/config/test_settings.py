@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from llmplat.settings import DEV_KEY_PREFIX, Settings
+from llmplat.settings import DEV_KEY_PREFIX, Settings, export_defaults
 
 
 def test_environment_and_nesting(monkeypatch, tmp_path) -> None:
@@ -47,3 +49,11 @@ def test_ray_temp_dir_short_enough_for_unix_sockets(tmp_path) -> None:
     assert temp == Settings(home=deep).ray_temp_dir  # stable per home
     assert Settings(home=tmp_path / "other").ray_temp_dir != temp or len(str(tmp_path)) < 30
     assert Settings(home="/srv/llm").ray_temp_dir == Settings(home="/srv/llm").home / "ray"
+
+
+def test_exported_defaults_never_override_the_user(monkeypatch) -> None:
+    monkeypatch.setenv("LLMPLAT_TEST_SET", "user")
+    monkeypatch.delenv("LLMPLAT_TEST_UNSET", raising=False)
+    export_defaults({"LLMPLAT_TEST_SET": "default", "LLMPLAT_TEST_UNSET": "default"})
+    assert os.environ["LLMPLAT_TEST_SET"] == "user"
+    assert os.environ.pop("LLMPLAT_TEST_UNSET") == "default"
