@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/serving.py [--concurrency 1 16] [--max-tokens 128]
 
 Starts a bare vLLM OpenAI server with the tiny profile's engine arguments, measures it,
-stops it; then does the same through `llmplat serve` (Serve proxy → Gateway → LLMServer →
+stops it; then does the same through `llmplat serve` (Gateway → Serve handle → LLMServer →
 vLLM). Prints tokens/s and TTFT p50/p95 per concurrency and the platform/bare ratios, and
 writes them to bench-results/serving.json. Numbers, not a pass/fail test.
 """
@@ -35,6 +35,7 @@ import httpx
 from llmplat.config.loader import load_profile
 from llmplat.engine.llm_config import cpu_engine_env, engine_kwargs, offline_env
 from llmplat.models.tiny import ensure_tiny_model
+from llmplat.session import autogroup_enabled, autogroup_nice, set_autogroup_nice
 from llmplat.settings import Settings
 
 MODEL = "tiny-mixtral"
@@ -127,13 +128,15 @@ async def measure(
     )
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, headers: dict) -> None:
+def _wait_http(
+    url: str, proc: subprocess.Popen, timeout_s: float, headers: dict, ready_path: str
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}/v1/models", headers=headers, timeout=5).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", headers=headers, timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -213,15 +216,31 @@ def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[s
     return args, env
 
 
-def run_target(name: str, cmd: list[str], env: dict, url: str, key: str, args) -> list[Result]:
+def run_target(
+    name: str, cmd: list[str], env: dict, url: str, key: str, args, ready_path: str
+) -> list[Result]:
+    """Start a server in a session of its own, wait until it answers ``ready_path``, measure.
+
+    Both servers' sessions run at the autogroup nice `llmplat serve` gives its own session
+    (llmplat.session), so neither is measured with an advantage in CPU scheduling.
+    """
     log = Path("bench-results") / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
+        nice = Settings().cpu.autogroup_nice
+        if nice and autogroup_enabled():
+            set_autogroup_nice(nice, Path(f"/proc/{proc.pid}/autogroup"))
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        _wait_http(url, proc, 900, headers)
+        # The platform's gateway answers before its engines are loaded; /readyz waits for them.
+        _wait_http(url, proc, 900, headers, ready_path)
+        print(
+            f"  {name}: ready; its session's CPU autogroup nice: "
+            f"{autogroup_nice(Path(f'/proc/{proc.pid}/autogroup'))}",
+            flush=True,
+        )
         _wait_quiet()
         results = []
         for conc in args.concurrency:
@@ -257,12 +276,16 @@ def main() -> int:
     if args.only in (None, "bare"):
         port = _free_port()
         cmd, env = bare_vllm_cmd(model_dir, port, settings)
-        results += run_target("bare", cmd, env, f"http://127.0.0.1:{port}", "", args)
+        results += run_target(
+            "bare", cmd, env, f"http://127.0.0.1:{port}", "", args, ready_path="/v1/models"
+        )
     if args.only in (None, "platform"):
         port, key = _free_port(), "llmp_dev_bench-" + os.urandom(8).hex()
         env = CLEAN_ENV | {"LLMPLAT_PORT": str(port), "LLMPLAT_DEV_API_KEY": key}
         cmd = [sys.executable, "-m", "llmplat", "serve"]
-        results += run_target("platform", cmd, env, f"http://127.0.0.1:{port}", key, args)
+        results += run_target(
+            "platform", cmd, env, f"http://127.0.0.1:{port}", key, args, ready_path="/readyz"
+        )
     by = {(r.target, r.concurrency): r for r in results}
     print("\nconcurrency  tok/s bare  tok/s platform  ratio   TTFT p50 bare  platform  delta")
     for conc in args.concurrency:

@@ -8,11 +8,14 @@ import sys
 import threading
 from pathlib import Path
 
+from llmplat import session
 from llmplat.cli_admin import add_admin_commands
 from llmplat.cli_deploy import add_deploy_commands
 from llmplat.cli_loadtest import add_loadtest_command
 from llmplat.cli_plan import add_plan_command
 from llmplat.cli_status import add_status_command
+from llmplat.config.loader import ConfigError, LoadedPlatform, load_platform
+from llmplat.session import SessionError
 from llmplat.settings import Settings
 
 
@@ -40,6 +43,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"config": Path(args.config)})
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
+    try:
+        platform = load_platform(settings.resolved_config(), settings.config_dir)
+    except ConfigError as exc:
+        _err(f"llmplat: {exc}")
+        return 2
+    try:
+        status = _own_session(args, settings, platform)
+    except SessionError as exc:
+        _err(f"llmplat: {exc}")
+        return 2
+    if status is not None:
+        return status
     admin_generated = settings.admin_token is None and settings.mode == "dev"
     settings = settings.with_dev_key()
 
@@ -47,12 +62,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     prepare_environment(settings)  # before anything imports ray.serve
 
-    from llmplat.config.loader import ConfigError, load_platform
     from llmplat.engine.llm_config import ModelSourceError
     from llmplat.serving.builder import build_application, build_models
 
     try:
-        platform = load_platform(settings.resolved_config(), settings.config_dir)
         models = build_models(platform, settings, progress=_progress)
     except (ConfigError, ModelSourceError) as exc:
         _err(f"llmplat: {exc}")
@@ -85,6 +98,35 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         running.shutdown()
         _progress("stopped")
     return 0
+
+
+def _own_session(
+    args: argparse.Namespace, settings: Settings, platform: LoadedPlatform
+) -> int | None:
+    """Give a local CPU platform a session of its own at a lower CPU autogroup priority.
+
+    Returns None to serve from this process, or the exit status of the platform when it
+    ran in a new session started from here (see llmplat.session for why).
+    """
+    nice = settings.cpu.autogroup_nice
+    on_cpu = any(p.accelerator.kind == "cpu" for p in platform.profiles)
+    if nice == 0 or not on_cpu or settings.ray_address or not session.autogroup_enabled():
+        return None
+    if not session.leads_own_session():
+        return session.run_in_new_session(serve_command(args))
+    session.set_autogroup_nice(nice)
+    _progress(f"serving from its own session at CPU autogroup nice {nice}")
+    return None
+
+
+def serve_command(args: argparse.Namespace) -> list[str]:
+    """The ``llmplat serve`` command line that ``args`` were parsed from."""
+    argv = [sys.executable, "-m", "llmplat", "serve"]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    if args.port:
+        argv += ["--port", str(args.port)]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:

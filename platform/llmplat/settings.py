@@ -131,6 +131,15 @@ class CpuEngineSettings(BaseModel):
         "auto", description="VLLM_CPU_OMP_THREADS_BIND: 'auto', 'all' or a core list like '0-1'."
     )
     reserved_cpus: int = Field(0, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU.")
+    autogroup_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="`llmplat serve` with CPU engines runs in a session of its own whose "
+        "autogroup (Linux's per-session CPU share) gets this nice value, so clients in other "
+        "sessions are not kept off the cores by the engine (llmplat.session); 0 leaves the "
+        "session as it is.",
+    )
 
 
 class LoadTestSettings(BaseModel):

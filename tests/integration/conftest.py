@@ -47,6 +47,7 @@ class LivePlatform:
     admin_token: str
     team_keys: dict[str, str]
     engine_metrics_url: str
+    pid: int  # `llmplat serve`, leader of the platform's session
 
     @property
     def base_url(self) -> str:
@@ -141,6 +142,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         admin_token=admin_token,
         team_keys=team_keys,
         engine_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        pid=proc.pid,
     )
     try:
         yield platform

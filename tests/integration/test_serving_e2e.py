@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+from pathlib import Path
 
 import openai
 import pytest
 from mistral_common.protocol.fim.request import FIMRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
+from llmplat.session import autogroup_enabled, autogroup_nice
 from support import MODEL, V3_TOKENIZER
 
 pytestmark = pytest.mark.integration
@@ -188,3 +191,34 @@ async def test_continuous_batching_16_streams_at_least_twice_one(client) -> None
     )
     assert sum(counts) == 16 * tokens
     assert many_tps >= 2 * single_tps
+
+
+def test_platform_session_yields_the_cpu_to_other_sessions(live) -> None:
+    """The engine and Ray run in `llmplat serve`'s own session at autogroup nice 10; the
+    test runner's session (the clients) is left as it was."""
+    if not autogroup_enabled():
+        pytest.skip("the kernel does not schedule by session (sched_autogroup_enabled)")
+    engine = [
+        pid
+        for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit())
+        if _cmdline(pid).startswith("VLLM::Worker") and _session(pid) == live.pid
+    ]
+    assert engine, "no vLLM engine worker found in the platform's session"
+    assert autogroup_nice(Path(f"/proc/{live.pid}/autogroup")) == 10
+    assert autogroup_nice(engine[0] / "autogroup") == 10
+    assert _session(Path(f"/proc/{os.getpid()}")) != live.pid
+
+
+def _cmdline(proc) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _session(proc) -> int | None:
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[3])  # field 6: session id
