@@ -71,7 +71,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         _err(f"llmplat: {exc}")
         return 2
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # A hang-up too: Ray's daemons run in this session and must be shut down with it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     try:
         running = start_platform(
