@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on these machines) Python never
 # caches bytecode itself, so every Ray worker and engine process would compile torch, vLLM
-# and Ray from source at start (platform start 150 s -> 84 s on 2 cores with it).
+# and Ray from source at start (platform start ~140 s -> 84 s on 2 cores with it).
 UV_FLAGS := $(foreach d,$(FIND_LINKS),--find-links $(d)) --excludes .ci/excludes.txt --compile-bytecode
 PYTEST_ARGS ?=
 # checkov (tests/k8s: security checks of the rendered chart) pins old networkx and packaging,
