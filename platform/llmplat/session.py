@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
@@ -63,17 +62,13 @@ def autogroup_nice(autogroup: Path = OWN_AUTOGROUP) -> int | None:
         return None
 
 
-def run_in_new_session(
-    argv: Sequence[str],
-    *,
-    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
-) -> int:
+def run_in_new_session(argv: Sequence[str]) -> int:
     """Run ``argv`` as the leader of a new session; forward termination signals; its status.
 
     A process in another session gets no signals from this terminal, so Ctrl-C, ``kill`` and
     a closed terminal reach it through here.
     """
-    child = popen(list(argv), start_new_session=True)
+    child = subprocess.Popen(list(argv), start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
         if child.poll() is None:
@@ -87,7 +82,3 @@ def run_in_new_session(
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code
 
-
-def serve_argv() -> list[str]:
-    """This ``llmplat`` invocation, as a command that runs it again."""
-    return [sys.executable, "-m", "llmplat", *sys.argv[1:]]
