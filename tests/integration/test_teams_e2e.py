@@ -100,7 +100,8 @@ async def test_audit_log_has_a_line_per_request_without_text(live) -> None:
 async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> None:
     """A CI flood fills every engine slot and queues behind them; interactive requests still
     start quickly, while a batch request sent at the same moment waits behind the flood (vLLM
-    priority scheduling). The probes go out only once the engine reports a queue."""
+    priority scheduling). The probes go out only once the gateway has more of the flood in
+    flight than the engine has slots, i.e. once a queue exists."""
     ci, ide = _client(live, "ci"), _client(live, "ide")
     ci_before = await _audited_ok(live, "ci")
     flood = [
