@@ -94,6 +94,10 @@ def cmd_teams(args: argparse.Namespace, settings: Settings) -> int:
         fields["priority_class"] = args.priority
     if args.max_tokens_cap is not None:
         fields["max_tokens_cap"] = args.max_tokens_cap or None
+    if args.max_n is not None:
+        fields["max_choices"] = args.max_n
+    if args.cache_group is not None:
+        fields["prefix_cache_group"] = args.cache_group or None
     limits = _limits(args)
     if args.teams_command == "create":
         team = admin.create_team({"name": args.name, **fields, "limits": limits})
@@ -160,6 +164,11 @@ def add_admin_commands(sub: Any) -> None:
         p.add_argument("--models", help="comma-separated model ids, or '*' for all")
         p.add_argument("--priority", choices=["interactive", "batch"])
         p.add_argument("--max-tokens-cap", type=int, help="largest max_tokens (0 removes it)")
+        p.add_argument("--max-n", type=int, help="largest n / best_of of a request (default 8)")
+        p.add_argument(
+            "--cache-group",
+            help="share the engine's prefix cache with teams of this group ('' = own cache)",
+        )
         _add_limit_flags(p)
     p = tsub.add_parser("list", help="list teams")
     p.add_argument("--json", action="store_true")

@@ -50,7 +50,13 @@ class GatewaySettings(BaseModel):
         1 << 20, ge=1024, description="Largest request body accepted; larger is a 413."
     )
     request_timeout_s: float = Field(
-        600.0, gt=0, description="Upper bound on one request, streaming included."
+        600.0,
+        gt=0,
+        description="Upper bound on one request, streaming included: a stream still running "
+        "then ends with a 'timeout' error event and is billed what it generated.",
+    )
+    max_messages: int = Field(
+        1024, ge=1, description="Most messages one chat request may carry (more is a 400)."
     )
     ready_timeout_s: float = Field(
         5.0, gt=0, description="How long /readyz waits for each model to answer."

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmplat.config.teams import Limits, PriorityClass
+from llmplat.config.teams import DEFAULT_MAX_CHOICES, Limits, PriorityClass
 
 VLLM_PRIORITY: dict[PriorityClass, int] = {"interactive": 0, "batch": 10}
 """vLLM's priority scheduler serves lower numbers first."""
@@ -23,6 +24,16 @@ class Principal:
     max_tokens_cap: int | None = None
     team_limits: Limits = field(default_factory=Limits)
     key_limits: Limits = field(default_factory=Limits)
+    max_choices: int = DEFAULT_MAX_CHOICES
+    cache_group: str = ""
+    """Teams with the same group share the engine's prefix cache (default: the team)."""
+
+    @property
+    def cache_salt(self) -> str:
+        """vLLM's ``cache_salt`` for this team's requests: prefix-cache entries are only
+        shared between requests with the same salt."""
+        group = self.cache_group or self.team
+        return hashlib.sha256(f"llmplat-prefix-cache:{group}".encode()).hexdigest()[:32]
 
     @property
     def vllm_priority(self) -> int:

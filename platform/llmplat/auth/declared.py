@@ -17,7 +17,14 @@ from llmplat.config.loader import load_yaml_model
 from llmplat.config.platform import repeated
 from llmplat.config.teams import Team
 
-_COMPARED = ("models", "priority_class", "max_tokens_cap", "limits")
+_COMPARED = (
+    "models",
+    "priority_class",
+    "max_tokens_cap",
+    "max_choices",
+    "prefix_cache_group",
+    "limits",
+)
 
 
 class DeclaredTeams(BaseModel):

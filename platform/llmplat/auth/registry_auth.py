@@ -92,6 +92,8 @@ class RegistryAuthenticator:
             max_tokens_cap=team.max_tokens_cap,
             team_limits=team.limits,
             key_limits=record.limits,
+            max_choices=team.max_choices,
+            cache_group=team.cache_group,
         )
 
 

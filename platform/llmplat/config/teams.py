@@ -11,6 +11,7 @@ PriorityClass = Literal["interactive", "batch"]
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 """Team names are DNS labels: they become Kubernetes object names and metric labels."""
 KEY_ID_PATTERN = r"^[a-z0-9]{4,32}$"
+DEFAULT_MAX_CHOICES = 8
 
 
 def utcnow() -> datetime:
@@ -48,8 +49,26 @@ class Team(_Record):
     max_tokens_cap: int | None = Field(
         None, ge=1, description="Largest max_tokens a request may ask for (and the default)."
     )
+    max_choices: int = Field(
+        DEFAULT_MAX_CHOICES,
+        ge=1,
+        le=128,
+        description="Largest 'n' (and 'best_of') a request may ask for: each choice is a "
+        "sequence the engine generates, so 'n' multiplies a request's cost.",
+    )
+    prefix_cache_group: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="Teams in the same group share the engine's prefix cache; by default "
+        "each team has its own (its own cache salt), so no team can learn another's prompts "
+        "from cache-hit timing.",
+    )
     limits: Limits = Field(default_factory=Limits, description="Team-wide quotas.")
     created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def cache_group(self) -> str:
+        return self.prefix_cache_group or self.name
 
 
 class ApiKeyRecord(_Record):

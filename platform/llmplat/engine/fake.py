@@ -7,7 +7,9 @@ requests. A "token" is a whitespace-separated word, or one id of a token-id prom
 
 Test hooks, driven by the prompt text so a test needs no mock of its own:
 ``FAKE_FAIL_BEFORE`` makes the engine raise before the first token, ``FAKE_FAIL_MID_STREAM``
-after two tokens (an engine dying mid-request).
+after two tokens (an engine dying mid-request), ``FAKE_HANG`` never answers (until the call
+is cancelled). ``n`` choices and batches of prompts are numbered as vLLM numbers them, with
+vLLM's per-choice continuous usage.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from llmplat.engine.protocol import (
 
 FAIL_BEFORE = "FAKE_FAIL_BEFORE"
 FAIL_MID_STREAM = "FAKE_FAIL_MID_STREAM"
+HANG = "FAKE_HANG"
 FAKE_OPTIONS_KEY = "llmplat_fake_engine"
 """``LLMConfig.experimental_configs`` key with ``{"token_delay_s": float}``."""
 
@@ -68,6 +71,10 @@ class FakeEngine(LLMEngine):
         self.started = False
         self.open_calls = 0
         """Generation calls not yet read to their end (or closed) by the caller."""
+        self.cancelled = 0
+        """Generation calls stopped by their caller (cancellation or close) before the end."""
+        self.request_ids: list[str] = []
+        """The engine request id of every generation call, in order."""
 
     async def start(self) -> None:
         self.started = True
@@ -95,18 +102,13 @@ class FakeEngine(LLMEngine):
         self, request: ChatCompletionRequest, raw_request_info: Any = None
     ) -> AsyncGenerator[Any, None]:
         prompt = "\n".join(_message_text(m) for m in request.messages)
-        async for item in self._generate(request, prompt, chat=True):
+        async for item in self._generate(request, [prompt], chat=True):
             yield item
 
     async def completions(
         self, request: CompletionRequest, raw_request_info: Any = None
     ) -> AsyncGenerator[Any, None]:
-        prompt = request.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-            prompt = prompt[0]
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        async for item in self._generate(request, prompt, chat=False):
+        async for item in self._generate(request, _prompts(request.prompt), chat=False):
             yield item
 
     # -- internals ---------------------------------------------------------------------
@@ -136,38 +138,47 @@ class FakeEngine(LLMEngine):
         return None
 
     async def _generate(
-        self, request: Any, prompt: str | list[int], *, chat: bool
+        self, request: Any, prompts: list[str | list[int]], *, chat: bool
     ) -> AsyncGenerator[Any, None]:
         self.open_calls += 1
+        self.request_ids.append(str(getattr(request, "request_id", "")))
         try:
-            async for item in self._produce(request, prompt, chat=chat):
+            async for item in self._produce(request, prompts, chat=chat):
                 yield item
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
         finally:
             self.open_calls -= 1
 
     async def _produce(
-        self, request: Any, prompt: str | list[int], *, chat: bool
+        self, request: Any, prompts: list[str | list[int]], *, chat: bool
     ) -> AsyncGenerator[Any, None]:
-        text = prompt if isinstance(prompt, str) else ""
-        if FAIL_BEFORE in text:
+        texts = " ".join(p for p in prompts if isinstance(p, str))
+        if HANG in texts:
+            await asyncio.Event().wait()  # until cancelled: an engine that never answers
+        if FAIL_BEFORE in texts:
             raise FakeEngineError("engine failed before the first token")
-        prompt_tokens = count_prompt_tokens(prompt)
+        prompt_tokens = [count_prompt_tokens(p) for p in prompts]
         max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
-        if error := self._validate(prompt_tokens, max_tokens):
-            yield error
-            return
-        n = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
-        words = fake_tokens(prompt, n)
+        for size in prompt_tokens:
+            if error := self._validate(size, max_tokens):
+                yield error
+                return
+        length = max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS
+        n = int(getattr(request, "n", None) or 1)
+        # Choice i*n + j answers prompt i (vLLM's numbering); each gets the prompt's words.
+        words = [fake_tokens(p, length) for p in prompts for _ in range(n)]
         usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(words),
-            "total_tokens": prompt_tokens + len(words),
+            "prompt_tokens": sum(prompt_tokens),
+            "completion_tokens": sum(len(w) for w in words),
+            "total_tokens": sum(prompt_tokens) + sum(len(w) for w in words),
         }
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{getattr(request, 'request_id', uuid.uuid4().hex)}"
         created = int(time.time())
         if not request.stream:
-            await asyncio.sleep(self.token_delay_s * len(words))
-            yield self._full_response(rid, created, " ".join(words), usage, chat=chat)
+            await asyncio.sleep(self.token_delay_s * length)
+            yield self._full_response(rid, created, words, usage, chat=chat)
             return
         opts = request.stream_options
         include_usage = bool(opts and opts.include_usage)
@@ -179,38 +190,43 @@ class FakeEngine(LLMEngine):
             body.update(choices=choices, **extra)
             return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
-        def so_far(done: int) -> dict[str, Any]:
+        def so_far(index: int, done: int) -> dict[str, Any]:
+            # vLLM's continuous usage covers the chunk's own choice and prompt only.
             if not continuous:
                 return {}
+            prompt = prompt_tokens[index // n]
             return {
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
+                    "prompt_tokens": prompt,
                     "completion_tokens": done,
-                    "total_tokens": prompt_tokens + done,
+                    "total_tokens": prompt + done,
                 }
             }
 
         if chat:
-            yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}], **so_far(0))
-        for i, word in enumerate(words):
-            if i == 2 and FAIL_MID_STREAM in text:
+            for index in range(len(words)):
+                role = {"index": index, "delta": {"role": "assistant", "content": ""}}
+                yield chunk([role], **so_far(index, 0))
+        for i in range(length):
+            if i == 2 and FAIL_MID_STREAM in texts:
                 raise FakeEngineError("engine failed mid-stream")
             await asyncio.sleep(self.token_delay_s)
-            piece = word if i == 0 else " " + word
-            last = i == len(words) - 1
-            finish = "length" if last else None
-            if chat:
-                choice = {"index": 0, "delta": {"content": piece}, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": piece, "finish_reason": finish}
-            yield chunk([choice], **so_far(i + 1))
+            for index, choice_words in enumerate(words):
+                piece = choice_words[i] if i == 0 else " " + choice_words[i]
+                finish = "length" if i == length - 1 else None
+                if chat:
+                    choice = {"index": index, "delta": {"content": piece}, "finish_reason": finish}
+                else:
+                    choice = {"index": index, "text": piece, "finish_reason": finish}
+                yield chunk([choice], **so_far(index, i + 1))
         if include_usage:
             yield chunk([], usage=usage)
         yield "data: [DONE]\n\n"
 
     def _full_response(
-        self, rid: str, created: int, text: str, usage: dict, *, chat: bool
+        self, rid: str, created: int, words: list[list[str]], usage: dict, *, chat: bool
     ) -> ChatCompletionResponse | CompletionResponse:
+        texts = [" ".join(w) for w in words]
         if chat:
             return ChatCompletionResponse(
                 id=rid,
@@ -218,10 +234,11 @@ class FakeEngine(LLMEngine):
                 model=self.model_id,
                 choices=[
                     {
-                        "index": 0,
+                        "index": i,
                         "message": {"role": "assistant", "content": text},
                         "finish_reason": "length",
                     }
+                    for i, text in enumerate(texts)
                 ],
                 usage=usage,
             )
@@ -229,9 +246,21 @@ class FakeEngine(LLMEngine):
             id=rid,
             created=created,
             model=self.model_id,
-            choices=[{"index": 0, "text": text, "finish_reason": "length"}],
+            choices=[
+                {"index": i, "text": text, "finish_reason": "length"}
+                for i, text in enumerate(texts)
+            ],
             usage=usage,
         )
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    """A completions request's prompts: one string, token ids, or a batch of either."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        return list(prompt)
+    return [prompt]
 
 
 def _message_text(message: Any) -> str:

@@ -35,14 +35,15 @@ def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> 
         lease_s=config.quotas.lease_s,
         on_store_error=metrics.store_error,
     )
-    state = build_state(config, authenticator, backends, quotas)
-    state.metrics = metrics
+    state = build_state(config, authenticator, backends, quotas, metrics)
     state.admin = KeyAdmin(key_store)
     state.admin_token = config.admin_token
     follower = StoreFollower(key_store, authenticator.update)
     state.on_startup.append(lambda: follower.start(asyncio.get_running_loop()))
     state.on_shutdown.append(follower.stop)
+    state.on_shutdown.append(state.drain)  # settlements still running, then the store
     state.on_shutdown.append(quota_store.close)
+    state.on_shutdown.append(lambda: state.executor.shutdown(wait=False))
     if config.audit_sink is not None:
         audit = AuditLog(config.audit_sink)
 

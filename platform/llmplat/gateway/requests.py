@@ -21,8 +21,8 @@ from llmplat.gateway.fim import FimEncoder
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, refusing oversize bodies before reading them whole."""
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing oversize bodies before reading them whole."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(int(declared), max_bytes)
@@ -36,7 +36,16 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
             chunks.append(chunk)
     except ClientDisconnect as exc:
         raise InvalidRequest("The client closed the connection while sending the body.") from exc
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object (small admin bodies: parsed on the loop)."""
+    return parse_json_object(await read_body(request, max_bytes))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (a 400 for anything else, deep nesting included)."""
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -46,6 +55,10 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
             f"We could not parse the JSON body of your request: {exc}. "
             "The body must be a JSON object."
         ) from exc
+    except RecursionError:
+        raise InvalidRequest(
+            "The JSON body of your request is nested too deeply to parse."
+        ) from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"The request body must be a JSON object, not {type(data).__name__}.")
     return data
@@ -110,6 +123,8 @@ def _validate_model(cls: type[M], body: dict[str, Any]) -> M:
         return cls.model_validate(body)
     except ValidationError as exc:
         raise _validation_error(exc) from exc
+    except RecursionError:
+        raise InvalidRequest("A field of your request is nested too deeply.") from None
     except (VLLMClientError, ValueError, TypeError, AttributeError, KeyError) as exc:
         # vLLM's "before" validators raise these without pydantic wrapping them.
         raise InvalidRequest(f"Invalid request: {exc}.") from exc

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.base import Authenticator
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
-from llmplat.gateway.streaming import Usage
 from llmplat.gateway.tokens import PromptCounter
+from llmplat.gateway.usage import Usage
+from llmplat.observability.metrics import GatewayMetrics
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.service import QuotaService
 from llmplat.settings import KeyStoreSettings, QuotaSettings
-
-if TYPE_CHECKING:
-    from llmplat.observability.metrics import GatewayMetrics
 
 log = logging.getLogger("llmplat.requests")
 
@@ -45,6 +46,7 @@ class GatewayConfig:
     dev_api_key: SecretStr | None
     max_request_bytes: int = 1 << 20
     request_timeout_s: float = 600.0
+    max_messages: int = 1024
     ready_timeout_s: float = 5.0
     admin_token: SecretStr | None = None
     keystore: KeyStoreSettings = field(default_factory=KeyStoreSettings)
@@ -108,9 +110,9 @@ class GatewayState:
     fim: dict[str, FimEncoder | None]
     counters: dict[str, PromptCounter]
     quotas: QuotaService
+    metrics: GatewayMetrics
     on_finish: Callable[[RequestRecord], None] = log_record
     clock: Callable[[], float] = time.perf_counter
-    metrics: GatewayMetrics | None = None
     status: Callable[[], Any] | None = None
     """Deployment status for ``/admin/status`` (Ray Serve's, when running under Serve)."""
     admin: KeyAdmin | None = None
@@ -119,8 +121,27 @@ class GatewayState:
     on_shutdown: list[Callable[[], Any]] = field(default_factory=list)
     """Called (and awaited when they return awaitables) by the app's lifespan."""
 
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="llmplat-prepare")
+    )
+    """Parses, encodes and counts large request bodies off the event loop."""
+    pending: set[asyncio.Future[Any]] = field(default_factory=set)
+    """Settlements and lease renewals still running (awaited at shutdown)."""
+
     def model(self, model_id: str) -> GatewayModel | None:
         return next((m for m in self.config.models if m.model_id == model_id), None)
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run ``work`` as a task of its own: a cancelled request cannot interrupt it."""
+        task = asyncio.ensure_future(work)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        return task
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait for every settlement and renewal in progress."""
+        if self.pending:
+            await asyncio.wait(list(self.pending), timeout=timeout_s)
 
 
 def build_state(
@@ -128,6 +149,7 @@ def build_state(
     authenticator: Authenticator,
     backends: dict[str, ModelBackend],
     quotas: QuotaService | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> GatewayState:
     missing = {m.model_id for m in config.models} - set(backends)
     if missing:
@@ -141,4 +163,5 @@ def build_state(
         fim=fim,
         counters=counters,
         quotas=quotas or QuotaService(MemoryQuotaStore()),
+        metrics=metrics or GatewayMetrics(CollectorRegistry(), tuple(fim)),
     )

@@ -9,6 +9,7 @@ to the engine's exact usage either way.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,21 @@ class TokenizerNotFound(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ChatInput:
+    """What vLLM renders into a chat prompt besides the messages."""
+
+    tools: list[dict[str, Any]] | None = None
+    documents: list[dict[str, Any]] | None = None
+    template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+
+
 class _Tokenizer(Protocol):
     def encode_text(self, text: str) -> list[int]: ...
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]: ...
+    def encode_chat(self, messages: list[dict[str, Any]], extra: ChatInput) -> list[int]: ...
 
 
 class _MistralTokenizer:
@@ -44,8 +56,15 @@ class _MistralTokenizer:
     def encode_text(self, text: str) -> list[int]:
         return self._tok.instruct_tokenizer.tokenizer.encode(text, bos=True, eos=False)
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        return self._tok.encode_chat_completion(self._request.from_openai(messages=messages)).tokens
+    def encode_chat(self, messages: list[dict[str, Any]], extra: ChatInput) -> list[int]:
+        # As vLLM's Mistral renderer: tools are encoded, tool-call ids cut to their last 9
+        # characters; documents and template kwargs are not part of a Mistral prompt.
+        request = self._request.from_openai(
+            messages=_short_tool_ids(messages),
+            tools=extra.tools,
+            continue_final_message=extra.continue_final_message,
+        )
+        return self._tok.encode_chat_completion(request).tokens
 
 
 class _HFTokenizer:
@@ -57,10 +76,33 @@ class _HFTokenizer:
     def encode_text(self, text: str) -> list[int]:
         return list(self._tok.encode(text))
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        return list(
-            self._tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    def encode_chat(self, messages: list[dict[str, Any]], extra: ChatInput) -> list[int]:
+        encoded = self._tok.apply_chat_template(
+            messages,
+            tools=extra.tools,
+            documents=extra.documents,
+            tokenize=True,
+            add_generation_prompt=extra.add_generation_prompt,
+            continue_final_message=extra.continue_final_message,
+            **(extra.template_kwargs or {}),
         )
+        ids = encoded["input_ids"] if isinstance(encoded, dict) else encoded
+        return list(ids)
+
+
+def _short_tool_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [
+                {**c, "id": str(c.get("id", ""))[-9:]} if isinstance(c, dict) else c
+                for c in m["tool_calls"]
+            ]
+            m = {**m, "tool_calls": calls}
+        if m.get("tool_call_id"):
+            m = {**m, "tool_call_id": str(m["tool_call_id"])[-9:]}
+        out.append(m)
+    return out
 
 
 def _load(model_dir: Path) -> _Tokenizer:
@@ -111,13 +153,35 @@ class PromptCounter:
 
     def _count_chat(self, request: ChatCompletionRequest) -> int:
         messages = [m if isinstance(m, dict) else dict(m) for m in request.messages]
+        extra = chat_input(request)
         try:
-            return len(self._tok.encode_chat(messages))
+            return len(self._tok.encode_chat(messages, extra))
         except Exception as exc:
             log.debug("chat not encodable (%s); counting its text", type(exc).__name__)
-            texts = _message_texts(messages)
+            texts = _message_texts(messages) + _extra_texts(extra)
             allowance = PER_MESSAGE_ALLOWANCE * len(messages)
             return sum(len(self._tok.encode_text(t)) for t in texts) + allowance
+
+
+def chat_input(request: ChatCompletionRequest) -> ChatInput:
+    tools = (
+        [t.model_dump(exclude_none=True) if hasattr(t, "model_dump") else t for t in request.tools]
+        if request.tools
+        else None
+    )
+    return ChatInput(
+        tools=tools,
+        documents=request.documents,
+        template_kwargs=request.chat_template_kwargs,
+        add_generation_prompt=bool(request.add_generation_prompt),
+        continue_final_message=bool(request.continue_final_message),
+    )
+
+
+def _extra_texts(extra: ChatInput) -> list[str]:
+    """Tools, documents and template arguments as text (for the fallback count)."""
+    parts: list[Any] = [extra.tools, extra.documents, extra.template_kwargs]
+    return [json.dumps(p, default=str) for p in parts if p]
 
 
 def _prompt_lengths(prompt: Any, tok: _Tokenizer) -> list[int]:

@@ -125,6 +125,12 @@ class MemoryQuotaStore(QuotaStore):
             if c.day == reservation.day:
                 c.day_tokens = max(c.day_tokens + delta, 0)
 
+    async def renew(self, reservation: Reservation, now: float, lease_s: float) -> None:
+        for name in reservation.scopes:
+            c = self._scopes.get(name)
+            if c is not None and reservation.id in c.in_flight:
+                c.in_flight[reservation.id] = now + lease_s
+
     async def usage(self, scope: Scope, now: float) -> ScopeUsage:
         minute, day, minute_left, day_left = windows(now)
         c = self._counters(scope.name, minute, day, now)

@@ -136,6 +136,11 @@ class QuotaStore(ABC):
         """Replace the reserved tokens with ``actual_tokens`` and free the in-flight slot."""
 
     @abstractmethod
+    async def renew(self, reservation: Reservation, now: float, lease_s: float) -> None:
+        """Extend the in-flight lease of a live reservation to ``now + lease_s`` (a request
+        that outlives its lease keeps its slot); a settled reservation stays settled."""
+
+    @abstractmethod
     async def usage(self, scope: Scope, now: float) -> ScopeUsage: ...
 
     async def ping(self) -> None:  # noqa: B027 - optional hook, nothing to check in process

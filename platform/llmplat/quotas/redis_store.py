@@ -138,6 +138,19 @@ end
 return 0
 """
 
+# KEYS: the inflight set of each scope. ARGV: new lease expiry, reservation id, lease ttl.
+# XX: only a member still present is extended (a settled reservation is not re-added).
+_RENEW_LUA = """
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', ARGV[1], ARGV[2]) == 1 then
+    if redis.call('TTL', KEYS[i]) < tonumber(ARGV[3]) then
+      redis.call('EXPIRE', KEYS[i], ARGV[3])
+    end
+  end
+end
+return 0
+"""
+
 # KEYS: rpm, tpm, tpd, inflight of one scope. ARGV: now.
 _USAGE_LUA = """
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
@@ -216,6 +229,7 @@ class RedisQuotaStore(QuotaStore):
         self._reserve = self._redis.register_script(_RESERVE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
         self._usage = self._redis.register_script(_USAGE_LUA)
+        self._renew = self._redis.register_script(_RENEW_LUA)
 
     @classmethod
     async def connect(
@@ -355,6 +369,18 @@ class RedisQuotaStore(QuotaStore):
                 self._key(name, "inflight"),
             ]
         await self._call("settle", self._settle, keys, [str(int(delta)), reservation.id])
+
+    async def renew(self, reservation: Reservation, now: float, lease_s: float) -> None:
+        if not reservation.scopes:
+            return
+        lease_left = min(lease_s, MAX_LEASE_KEY_TTL_S)
+        keys = [self._key(name, "inflight") for name in reservation.scopes]
+        args: list[str | int] = [
+            repr(float(now + lease_left)),
+            reservation.id,
+            _ttl(lease_left, LEASE_KEY_GRACE_S),
+        ]
+        await self._call("renew", self._renew, keys, args)
 
     async def usage(self, scope: Scope, now: float) -> ScopeUsage:
         minute, day, minute_left, day_left = windows(now)

@@ -82,6 +82,9 @@ class QuotaService:
         on_store_error: Callable[[str], None] | None = None,
     ) -> None:
         self.on_store_error = on_store_error
+        self._exhausted: dict[str, tuple[str, float]] = {}
+        """scope → (reason, until): a requests-per-minute or concurrency limit this replica
+        recently found reached (see ``precheck``)."""
         self.store = store
         self.fail_open = fail_open
         self.lease_s = lease_s
@@ -94,9 +97,9 @@ class QuotaService:
                 scopes_of(principal), tokens, self.clock(), self.lease_s, uuid.uuid4().hex
             )
         except QuotaExceeded as exc:
-            err = _rate_limited(exc, principal)
-            err.quota_reason = exc.reason  # type: ignore[attr-defined]
-            raise err from None
+            if exc.reason in ("requests_per_minute", "concurrent_requests"):
+                self._exhausted[exc.scope] = (exc.reason, self.clock() + exc.retry_after_s)
+            raise _refusal(exc, principal) from None
         except QuotaStoreUnavailable as exc:
             self._store_failed("reserve")
             if self.fail_open:
@@ -108,6 +111,45 @@ class QuotaService:
                 headers={"Retry-After": "1"},
             ) from exc
         return Admitted(adm, ratelimit_headers(adm.requests, adm.tokens))
+
+    async def precheck(self, principal: Principal) -> None:
+        """Refuse, before the body is even read, a caller whose requests-per-minute or
+        concurrency limit this replica found reached: a key at its limit costs no parsing
+        or tokenization. Exact, not a guess: a minute's request count never falls, and a
+        concurrency hint is confirmed against the store (freed slots admit at once)."""
+        if not self._exhausted:
+            return
+        now = self.clock()
+        for scope in scopes_of(principal):
+            hint = self._exhausted.get(scope.name)
+            if hint is None:
+                continue
+            reason, until = hint
+            if reason == "requests_per_minute":
+                limit = scope.limits.requests_per_minute
+                if now < until and limit is not None:
+                    exc = QuotaExceeded(scope.name, reason, limit, limit, 1, until - now)
+                    raise _refusal(exc, principal)
+            else:
+                limit = scope.limits.concurrent_requests
+                try:
+                    used = (await self.store.usage(scope, now)).in_flight
+                except QuotaStoreUnavailable:
+                    used = 0  # admission itself will answer for the store
+                if limit is not None and used >= limit:
+                    exc = QuotaExceeded(scope.name, reason, limit, used, 1, 1.0)
+                    raise _refusal(exc, principal)
+            del self._exhausted[scope.name]
+
+    async def renew(self, admitted: Admitted) -> None:
+        """Extend a live request's in-flight lease. Never raises."""
+        if admitted.settled or admitted.admission is None:
+            return
+        try:
+            await self.store.renew(admitted.admission.reservation, self.clock(), self.lease_s)
+        except Exception as exc:
+            self._store_failed("renew")
+            log.error("quota lease renewal failed: %s", exc)
 
     async def settle(self, admitted: Admitted, actual_tokens: int) -> None:
         """Bill the real usage (0 releases the tokens). Idempotent; never raises."""
@@ -143,6 +185,12 @@ class QuotaService:
                 "The quota store is unreachable; usage cannot be read now.",
                 code="quota_store_unavailable",
             ) from exc
+
+
+def _refusal(exc: QuotaExceeded, principal: Principal) -> RateLimited:
+    err = _rate_limited(exc, principal)
+    err.quota_reason = exc.reason  # type: ignore[attr-defined]
+    return err
 
 
 def _rate_limited(exc: QuotaExceeded, principal: Principal) -> RateLimited:

@@ -52,6 +52,7 @@ def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfi
         dev_api_key=settings.dev_api_key,
         max_request_bytes=gw.max_request_bytes,
         request_timeout_s=gw.request_timeout_s,
+        max_messages=gw.max_messages,
         ready_timeout_s=gw.ready_timeout_s,
         admin_token=settings.admin_token,
         keystore=settings.keystore,

@@ -24,7 +24,7 @@ class Gateway:
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
         self._state = assemble_state(config, backends)
         self._state.status = serve_status
-        if config.metrics_port is not None and self._state.metrics is not None:
+        if config.metrics_port is not None:
             # One scrape target per replica (the chart's PodMonitor), beside GET /metrics.
             start_http_server(config.metrics_port, registry=self._state.metrics.registry)
 

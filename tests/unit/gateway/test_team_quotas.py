@@ -246,19 +246,41 @@ async def test_concurrency_limit_and_slot_freed_after_stream(
     await _in_flight_zero(state, "ci")
 
 
-async def test_engine_error_releases_reservation(http, make_key, clock, state) -> None:
+async def test_engine_failures_bill_prompt_and_delivered_tokens(
+    http, make_key, clock, state, records
+) -> None:
+    """Billing is what the engine did: a failure before the first token costs the prompt, a
+    failure mid-stream the prompt plus what was delivered; an engine refusal costs nothing."""
     key = await make_key(limits={"tokens_per_minute": 1000})
     client = client_for(http, key)
     with pytest.raises(openai.InternalServerError):
         await client.completions.create(model=MODEL, prompt=FAIL_BEFORE, max_tokens=5)
+    before = records[-1]
     stream = await client.completions.create(
         model=MODEL, prompt=f"a {FAIL_MID_STREAM}", max_tokens=8, stream=True
     )
     with pytest.raises(openai.APIError):
         _ = [c async for c in stream]
+    mid = records[-1]
+    with pytest.raises(openai.BadRequestError):  # the engine refuses: 1 + 256 > context
+        await client.completions.create(model=MODEL, prompt="a", max_tokens=256)
+    refused = records[-1]
+    await state.drain()
     usage = (await http.get("/v1/usage", headers=auth(key))).json()["usage"][0]
-    assert usage["tokens_this_minute"] == 0 and usage["in_flight"] == 0
-    assert usage["requests_this_minute"] == 2
+    assert (before.status, mid.status, refused.status) == (502, 502, 400)
+    # The prompt as the gateway counted it (the engine never said), no completion.
+    assert before.usage.completion_tokens == 0
+    assert before.usage.prompt_tokens == _prompt_count(state, FAIL_BEFORE) > 0
+    assert (mid.usage.prompt_tokens, mid.usage.completion_tokens) == (2, 2)  # engine's numbers
+    assert refused.usage is None
+    assert usage["tokens_this_minute"] == before.usage.total_tokens + 4
+    assert usage["in_flight"] == 0 and usage["requests_this_minute"] == 3
+
+
+def _prompt_count(state: GatewayState, prompt: str) -> int:
+    from llmplat.engine.protocol import CompletionRequest
+
+    return state.counters[MODEL].measure(CompletionRequest(model=MODEL, prompt=prompt)).tokens
 
 
 async def test_client_disconnect_is_billed_for_what_was_generated(
