@@ -34,6 +34,7 @@ TEAMS: dict[str, list[str]] = {
     "ide": ["--priority", "interactive", "--rpm", "10000"],
     "ci": ["--priority", "batch", "--max-tokens-cap", "512"],
     "small": ["--rpm", "3", "--tpm", "100000"],
+    "pair": ["--priority", "batch", "--concurrency", "2"],
 }
 """Teams the session's platform has, created through the CLI before it starts."""
 

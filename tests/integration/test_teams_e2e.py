@@ -103,7 +103,6 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
     priority scheduling). The probes go out only once the gateway has more of the flood in
     flight than the engine has slots, i.e. once a queue exists."""
     ci, ide = _client(live, "ci"), _client(live, "ide")
-    ci_before = await _audited_ok(live, "ci")
     flood = [
         asyncio.create_task(
             ci.completions.create(
@@ -138,19 +137,13 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
         f"interactive p50 {interactive:.2f} s, batch p50 {batch:.2f} s"
     )
     assert interactive < 0.5 * batch
-    if pending:
+    if pending:  # every request is answered: a lost response fails the suite (issue 12)
         for task in pending:
             task.cancel()
-        audited = await _audited_ok(live, "ci")
-        message = (
+        raise AssertionError(
             f"{len(pending)} of {len(flood)} flood requests unanswered after 180 s; "
             + await _diagnose(live)
         )
-        if audited >= ci_before + len(flood) + 4:
-            # Known open bug: the gateway finished (and audited) every request, yet some
-            # responses never reach the client (direct ingress and Serve proxy alike).
-            pytest.xfail(f"known lost-response bug: {message}")
-        raise AssertionError(message)
 
 
 async def _engine_queue(live, *, at_least: int, timeout_s: float) -> int:
@@ -172,11 +165,6 @@ async def _engine_queue(live, *, at_least: int, timeout_s: float) -> int:
                 return waiting
             await asyncio.sleep(0.1)
     raise AssertionError(f"the flood never queued {at_least} requests in the engine ({waiting})")
-
-
-async def _audited_ok(live, team: str) -> int:
-    lines = [json.loads(x) for x in (live.home / "audit.log").read_text().splitlines()]
-    return sum(1 for x in lines if x["team"] == team and x["status"] == 200)
 
 
 async def _diagnose(live) -> str:

@@ -1,0 +1,158 @@
+"""Requests that clients cancel, cut short or send in bursts, on the real platform.
+
+Ray Serve cancels the gateway's task when a client leaves; every such request must still
+end exactly once: its concurrency slot freed at once, its tokens billed as the engine
+produced them, and no answer lost in a burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from support import MODEL
+
+pytestmark = pytest.mark.integration
+
+NO_EOS = {"ignore_eos": True}
+BURST = 256
+ROUNDS = 3
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _usage(http: httpx.AsyncClient, key: str) -> dict:
+    return (await http.get("/v1/usage", headers=_auth(key))).json()["usage"][0]
+
+
+async def test_streams_dropped_before_first_token_free_their_slots_at_once(live) -> None:
+    """A concurrency-2 batch team opens streams behind a flood of another batch team and
+    drops them before any token arrives, 8 times; it is admitted again at once."""
+    pair, ci = live.team_keys["pair"], live.team_keys["ci"]
+    async with httpx.AsyncClient(base_url=live.url, timeout=300) as http:
+        flood_body = {"model": MODEL, "prompt": "flood", "max_tokens": 64, **NO_EOS}
+        flood = [
+            asyncio.create_task(http.post("/v1/completions", json=flood_body, headers=_auth(ci)))
+            for _ in range(160)
+        ]
+        await asyncio.sleep(2)  # the engine's slots are full and a queue waits behind them
+
+        async def open_stream() -> int:
+            body = {"model": MODEL, "prompt": "queued", "max_tokens": 32, "stream": True}
+            async with http.stream("POST", "/v1/completions", json=body, headers=_auth(pair)) as r:
+                tokens = 0
+                async for line in r.aiter_lines():
+                    tokens += line.startswith("data: {")
+                return tokens
+
+        for _ in range(4):
+            streams = [asyncio.create_task(open_stream()) for _ in range(2)]
+            done, _ = await asyncio.wait(streams, timeout=0.5)
+            assert not done, "the streams were meant to still be queued"
+            for task in streams:
+                task.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+        start = time.monotonic()
+        while (await _usage(http, pair))["in_flight"] != 0:
+            assert time.monotonic() - start < 5, "dropped streams still hold their slots"
+            await asyncio.sleep(0.05)
+        freed_s = time.monotonic() - start
+        r = await http.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "again", "max_tokens": 1},
+            headers=_auth(pair),
+        )
+        assert r.status_code == 200, r.text
+        for task in flood:
+            task.cancel()
+        await asyncio.gather(*flood, return_exceptions=True)
+    print(f"\n8 dropped streams: slots free {freed_s:.2f} s after the last drop")
+    audit = [json.loads(x) for x in (live.home / "audit.log").read_text().splitlines()]
+    dropped = [x for x in audit if x["team"] == "pair" and x["status"] == 499]
+    assert len(dropped) == 8
+
+
+async def test_cut_short_stream_with_n4_is_billed_for_every_choice(live) -> None:
+    key = live.team_keys["ide"]
+    async with httpx.AsyncClient(base_url=live.url, timeout=300) as http:
+        await _wait_idle(http, key)
+        before = await _usage(http, key)
+        body = {
+            "model": MODEL,
+            "prompt": "billing every choice",
+            "max_tokens": 200,
+            "n": 4,
+            "stream": True,
+            **NO_EOS,
+        }
+        received = 0
+        async with http.stream("POST", "/v1/completions", json=body, headers=_auth(key)) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"]:
+                    received += 1
+                if received >= 120:
+                    break
+        await _wait_idle(http, key)
+        after = await _usage(http, key)
+    billed = after["tokens_today"] - before["tokens_today"]
+    print(f"\nn=4 stream cut after {received} chunks: billed {billed} tokens")
+    assert billed >= 120 + 4  # every delivered token of every choice, plus the prompt
+
+
+async def _wait_idle(http: httpx.AsyncClient, key: str) -> None:
+    start = time.monotonic()
+    while (await _usage(http, key))["in_flight"] != 0:
+        assert time.monotonic() - start < 10
+        await asyncio.sleep(0.05)
+
+
+async def test_bursts_of_mixed_requests_are_all_answered(live) -> None:
+    """Several rounds of 256 concurrent requests (streaming and not, chat and completions),
+    each with its own X-Request-ID: every one gets a complete answer."""
+    limits = httpx.Limits(max_connections=BURST * 2, max_keepalive_connections=BURST)
+    async with httpx.AsyncClient(base_url=live.url, timeout=240, limits=limits) as http:
+
+        async def one(i: int) -> tuple[str, str | None]:
+            rid = f"burst-{uuid.uuid4().hex}"
+            headers = _auth(live.key) | {"x-request-id": rid}
+            stream = i % 2 == 0
+            if i % 4 < 2:
+                path = "/v1/completions"
+                body = {"model": MODEL, "prompt": f"burst {i}", "max_tokens": 4 + i % 9}
+            else:
+                path = "/v1/chat/completions"
+                msgs = [{"role": "user", "content": f"burst {i}"}]
+                body = {"model": MODEL, "messages": msgs, "max_tokens": 4 + i % 9}
+            body |= {"stream": stream, **NO_EOS}
+            try:
+                if stream:
+                    async with http.stream("POST", path, json=body, headers=headers) as r:
+                        text = "".join([line async for line in r.aiter_lines()])
+                    ok = r.status_code == 200 and "data: [DONE]" in text and '"error"' not in text
+                else:
+                    r = await http.post(path, json=body, headers=headers)
+                    ok = r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+                return rid, None if ok else f"status {r.status_code}"
+            except Exception as exc:
+                return rid, f"{type(exc).__name__}: {exc}"
+
+        for round_no in range(ROUNDS):
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(one(i) for i in range(BURST)))
+            failed = [(rid, why) for rid, why in results if why is not None]
+            took = time.monotonic() - t0
+            print(f"\nburst round {round_no + 1}: {BURST} requests in {took:.1f} s")
+            if failed:
+                audited = {
+                    json.loads(x)["request_id"]: json.loads(x)["status"]
+                    for x in (live.home / "audit.log").read_text().splitlines()
+                }
+                detail = [(rid, why, audited.get(rid)) for rid, why in failed[:10]]
+                raise AssertionError(f"{len(failed)} of {BURST} unanswered: {detail}")
