@@ -44,26 +44,24 @@ async def test_streams_dropped_before_first_token_free_their_slots_at_once(live)
         ]
         await asyncio.sleep(2)  # the engine's slots are full and a queue waits behind them
 
-        async def open_stream() -> int:
+        async def open_stream() -> str:
             body = {"model": MODEL, "prompt": "queued", "max_tokens": 32, "stream": True}
             async with http.stream("POST", "/v1/completions", json=body, headers=_auth(pair)) as r:
-                tokens = 0
-                async for line in r.aiter_lines():
-                    tokens += line.startswith("data: {")
-                return tokens
+                return f"{r.status_code} {(await r.aread())[:200]!r}"
 
+        freed_s = []
         for _ in range(4):
             streams = [asyncio.create_task(open_stream()) for _ in range(2)]
             done, _ = await asyncio.wait(streams, timeout=0.5)
-            assert not done, "the streams were meant to still be queued"
+            assert not done, f"meant to be queued, got {[t.result() for t in done]}"
             for task in streams:
                 task.cancel()
             await asyncio.gather(*streams, return_exceptions=True)
-        start = time.monotonic()
-        while (await _usage(http, pair))["in_flight"] != 0:
-            assert time.monotonic() - start < 5, "dropped streams still hold their slots"
-            await asyncio.sleep(0.05)
-        freed_s = time.monotonic() - start
+            start = time.monotonic()
+            while (await _usage(http, pair))["in_flight"] != 0:
+                assert time.monotonic() - start < 2, "dropped streams still hold their slots"
+                await asyncio.sleep(0.02)
+            freed_s.append(time.monotonic() - start)
         r = await http.post(
             "/v1/completions",
             json={"model": MODEL, "prompt": "again", "max_tokens": 1},
@@ -73,7 +71,7 @@ async def test_streams_dropped_before_first_token_free_their_slots_at_once(live)
         for task in flood:
             task.cancel()
         await asyncio.gather(*flood, return_exceptions=True)
-    print(f"\n8 dropped streams: slots free {freed_s:.2f} s after the last drop")
+    print(f"\ndropped streams: slots free {max(freed_s):.2f} s (max) after each drop")
     audit = [json.loads(x) for x in (live.home / "audit.log").read_text().splitlines()]
     dropped = [x for x in audit if x["team"] == "pair" and x["status"] == 499]
     assert len(dropped) == 8

@@ -136,7 +136,7 @@ def _reservation(
     Without ``max_tokens`` the engine may fill the context; a team cap then becomes the
     request's ``max_tokens``, so the reservation and the engine agree.
     """
-    size = state.counters[model.model_id].measure(req)
+    size = state.counters[model.model_id].measure(req, model.max_model_len)
     if size.longest >= model.max_model_len:
         raise InvalidRequest(
             f"This model's maximum context length is {model.max_model_len} tokens, but the "

@@ -40,6 +40,10 @@ class ChatInput:
 
 
 class _Tokenizer(Protocol):
+    max_chars_per_token: int
+    """No token covers more characters of text than this: a text longer than this many
+    characters per allowed token is over the limit without being tokenized."""
+
     def encode_text(self, text: str) -> list[int]: ...
 
     def encode_chat(self, messages: list[dict[str, Any]], extra: ChatInput) -> list[int]: ...
@@ -52,6 +56,9 @@ class _MistralTokenizer:
 
         self._tok = MistralTokenizer.from_file(str(path))
         self._request = MCRequest
+        raw = self._tok.instruct_tokenizer.tokenizer
+        pieces = (raw.id_to_piece(i) for i in range(raw.n_words))
+        self.max_chars_per_token = max(len(p) for p in pieces)
 
     def encode_text(self, text: str) -> list[int]:
         return self._tok.instruct_tokenizer.tokenizer.encode(text, bos=True, eos=False)
@@ -72,6 +79,7 @@ class _HFTokenizer:
         from transformers import AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.max_chars_per_token = max(len(t) for t in self._tok.get_vocab())
 
     def encode_text(self, text: str) -> list[int]:
         return list(self._tok.encode(text))
@@ -144,11 +152,17 @@ class PromptCounter:
     def __init__(self, model_dir: str | Path) -> None:
         self._tok = _load(Path(model_dir))
 
-    def measure(self, request: GenerationRequest) -> PromptSize:
+    def measure(self, request: GenerationRequest, limit: int | None = None) -> PromptSize:
+        """Prompt tokens of ``request``. A text that cannot fit ``limit`` tokens whatever
+        its content is not tokenized (a 1 MiB prompt costs microseconds, not a second):
+        it counts as ``limit`` tokens, enough for the caller to refuse it."""
+        bound = None if limit is None else limit * self._tok.max_chars_per_token
         if isinstance(request, ChatCompletionRequest):
+            if bound is not None and _chat_chars(request) > bound:
+                return PromptSize(limit or 0, limit or 0, 1)
             n = self._count_chat(request)
             return PromptSize(n, n, 1)
-        lengths = _prompt_lengths(request.prompt, self._tok) or [0]
+        lengths = _prompt_lengths(request.prompt, self._tok, bound, limit or 0) or [0]
         return PromptSize(sum(lengths), max(lengths), len(lengths))
 
     def _count_chat(self, request: ChatCompletionRequest) -> int:
@@ -184,12 +198,21 @@ def _extra_texts(extra: ChatInput) -> list[str]:
     return [json.dumps(p, default=str) for p in parts if p]
 
 
-def _prompt_lengths(prompt: Any, tok: _Tokenizer) -> list[int]:
+def _chat_chars(request: ChatCompletionRequest) -> int:
+    messages = [m if isinstance(m, dict) else dict(m) for m in request.messages]
+    return sum(len(t) for t in _message_texts(messages))
+
+
+def _prompt_lengths(
+    prompt: Any, tok: _Tokenizer, bound: int | None = None, limit: int = 0
+) -> list[int]:
     """Token counts of each prompt of a completions request (it may carry a batch)."""
     if isinstance(prompt, str):
+        if bound is not None and len(prompt) > bound:
+            return [limit]
         return [len(tok.encode_text(prompt))]
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         return [len(prompt)]
     if isinstance(prompt, list):
-        return [n for p in prompt for n in _prompt_lengths(p, tok)]
+        return [n for p in prompt for n in _prompt_lengths(p, tok, bound, limit)]
     return [0]
