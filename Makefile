@@ -72,6 +72,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/admission.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/loop_lag.py
 
 # Regenerate what the chart embeds from its sources (the tests fail when they drift):
 # dashboards and rules copied from deploy/, the generated block of each values file
