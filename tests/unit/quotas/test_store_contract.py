@@ -333,6 +333,20 @@ async def test_in_flight_leases_expire(quotas: Tracked) -> None:
     assert (await quotas.usage(t, T0 + 32)).in_flight == 0
 
 
+async def test_renewed_lease_outlives_its_first_term_and_settled_stays_settled(
+    quotas: Tracked,
+) -> None:
+    t = team(concurrent_requests=2)
+    a = await quotas.reserve([t], 100, T0, lease_s=30)
+    await quotas.store.renew(a.reservation, T0 + 20, 30)  # a long stream, still alive
+    assert (await quotas.usage(t, T0 + 45)).in_flight == 1  # past the first term (T0 + 30)
+    assert (await quotas.usage(t, T0 + 50)).in_flight == 0  # the renewed term ended
+    b = await quotas.reserve([t], 100, T0 + 50, lease_s=30)
+    await quotas.settle(b.reservation, 100, T0 + 51)
+    await quotas.store.renew(b.reservation, T0 + 52, 30)  # a late renewal re-adds nothing
+    assert (await quotas.usage(t, T0 + 52)).in_flight == 0
+
+
 async def test_settling_twice_is_harmless_for_slots(quotas: Tracked) -> None:
     t = team(concurrent_requests=2)
     a = await quotas.reserve([t], 10, T0)
