@@ -285,7 +285,9 @@ async def test_random_interleavings_keep_every_invariant(
     store = state.quotas.store
     if store_kind == "redis":
         server: RedisServer = request.getfixturevalue("redis")
-        state.quotas.store = RedisQuotaStore(server.url, key_prefix=f"t{uuid.uuid4().hex}")
+        state.quotas.store = RedisQuotaStore(
+            server.url, key_prefix=f"t{uuid.uuid4().hex}", socket_timeout_s=10.0
+        )
     else:
         state.quotas.store = MemoryQuotaStore()
     try:

@@ -34,7 +34,9 @@ async def make_store(kind: str, server: RedisServer | None) -> QuotaStore:
     if kind == "memory":
         return MemoryQuotaStore()
     assert server is not None
-    return await RedisQuotaStore.connect(server.url, key_prefix=unique_prefix())
+    return await RedisQuotaStore.connect(
+        server.url, key_prefix=unique_prefix(), socket_timeout_s=10.0
+    )
 
 
 class Tracked:

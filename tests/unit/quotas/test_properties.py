@@ -154,7 +154,9 @@ async def test_stores_agree_with_the_model(
     team, key = Scope("team:t", team_limits), Scope("key:k", key_limits)
     scope_sets = {"team": [team], "key+team": [key, team], "team+key": [team, key]}
     memory = MemoryQuotaStore()
-    redis_store = RedisQuotaStore(redis.url, key_prefix=f"prop:{uuid.uuid4().hex[:12]}")
+    redis_store = RedisQuotaStore(
+        redis.url, key_prefix=f"prop:{uuid.uuid4().hex[:12]}", socket_timeout_s=10.0
+    )
     stores: tuple[QuotaStore, QuotaStore] = (memory, redis_store)
     model = Model()
     admitted_per_window: Counter[tuple[str, int]] = Counter()

@@ -130,7 +130,7 @@ async def test_team_budget_is_exact_across_processes(redis) -> None:
     assert all(scope != "team:cool" for scope, _ in refusals)
     assert {reason for _, reason in refusals} <= {"requests_per_minute", "tokens_per_minute"}
 
-    store = await RedisQuotaStore.connect(redis.url, key_prefix=prefix)
+    store = await RedisQuotaStore.connect(redis.url, key_prefix=prefix, socket_timeout_s=10.0)
     try:
         u = await store.usage(HOT, NOW)
         assert (u.requests_this_minute, u.tokens_this_minute, u.in_flight) == (60, 6000, 60)
