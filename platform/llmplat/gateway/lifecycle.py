@@ -88,7 +88,7 @@ class RequestLifecycle:
         self.finished = False
         self.settlement: asyncio.Future[None] | None = None
         self._renewal: asyncio.TimerHandle | None = None
-        self._late_admission: asyncio.Task[Admitted] | None = None
+        self._late_admission: asyncio.Future[Admitted] | None = None
 
     # -- admission and forwarding --------------------------------------------------------
 
@@ -96,7 +96,9 @@ class RequestLifecycle:
         """Reserve quota; if the request is cancelled meanwhile, a reservation that is still
         granted afterwards is released at once."""
         self.principal = principal
-        task = asyncio.ensure_future(self._state.quotas.admit(principal, tokens))
+        # Tracked in ``pending``: a shutdown (or a test) draining settlements also waits
+        # for an abandoned admission and the release it triggers.
+        task = self._state.spawn(self._state.quotas.admit(principal, tokens))
         try:
             self.admitted = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -106,7 +108,7 @@ class RequestLifecycle:
         self._schedule_renewal()
         return self.admitted
 
-    def _release_late(self, task: asyncio.Task[Admitted]) -> None:
+    def _release_late(self, task: asyncio.Future[Admitted]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
         self._state.spawn(self._state.quotas.settle(task.result(), 0))

@@ -139,9 +139,14 @@ class GatewayState:
         return task
 
     async def drain(self, timeout_s: float = 10.0) -> None:
-        """Wait for every settlement and renewal in progress."""
-        if self.pending:
-            await asyncio.wait(list(self.pending), timeout=timeout_s)
+        """Wait for every admission, settlement and renewal in progress, including work
+        that finishing ones start (an abandoned admission's release)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.pending:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(list(self.pending), timeout=left)
 
 
 def build_state(
