@@ -41,6 +41,7 @@ def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> 
     follower = StoreFollower(key_store, authenticator.update)
     state.on_startup.append(lambda: follower.start(asyncio.get_running_loop()))
     state.on_shutdown.append(follower.stop)
+    state.on_shutdown.append(state.end_live)  # requests still running are finished
     state.on_shutdown.append(state.drain)  # settlements still running, then the store
     state.on_shutdown.append(quota_store.close)
     state.on_shutdown.append(lambda: state.executor.shutdown(wait=False))

@@ -55,13 +55,35 @@ class ServeBackend:
         await self._health.check_health.remote()
 
 
+class EngineCallCancelled(Exception):
+    """Iterating an in-process engine call that was cancelled (Serve raises its
+    ``RequestCancelledError`` in the same place)."""
+
+
 class _EngineCall:
+    """Like a Serve handle's response: ``cancel`` stops the engine's generation even while
+    the gateway is waiting for its next item (each item is awaited as a task of its own)."""
+
     def __init__(self, engine: LLMEngine, method: Method, request: GenerationRequest) -> None:
         self._agen = getattr(engine, method)(request, None)
         self._stream = bool(request.stream)
+        self._step: asyncio.Future[Any] | None = None
+        self._cancelled = False
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        async for item in self._agen:
+        while True:
+            if self._cancelled:
+                raise EngineCallCancelled("the engine call was cancelled")
+            self._step = asyncio.ensure_future(self._agen.__anext__())
+            try:
+                item = await self._step
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our caller was cancelled, not the engine call
+                raise EngineCallCancelled("the engine call was cancelled") from None
             # Mimic LLMServer: stream chunks arrive in lists.
             yield [item] if self._stream else item
 
@@ -69,7 +91,11 @@ class _EngineCall:
         return self._iterate()
 
     def cancel(self) -> None:
-        asyncio.ensure_future(self._agen.aclose())
+        self._cancelled = True
+        if self._step is not None and not self._step.done():
+            self._step.cancel()  # the generator sees CancelledError where it waits
+        else:
+            asyncio.ensure_future(self._agen.aclose())
 
 
 class EngineBackend:

@@ -89,6 +89,7 @@ class RequestLifecycle:
         self.settlement: asyncio.Future[None] | None = None
         self._renewal: asyncio.TimerHandle | None = None
         self._late_admission: asyncio.Future[Admitted] | None = None
+        state.live.add(self)
 
     # -- admission and forwarding --------------------------------------------------------
 
@@ -194,6 +195,7 @@ class RequestLifecycle:
             return
         self.finished = True
         state, record = self._state, self.record
+        state.live.discard(self)
         if self._renewal is not None:
             self._renewal.cancel()
         if self.call is not None:

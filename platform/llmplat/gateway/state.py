@@ -127,6 +127,8 @@ class GatewayState:
     """Parses, encodes and counts large request bodies off the event loop."""
     pending: set[asyncio.Future[Any]] = field(default_factory=set)
     """Settlements and lease renewals still running (awaited at shutdown)."""
+    live: set[Any] = field(default_factory=set)
+    """Lifecycles of the generation requests not yet finished (ended at shutdown)."""
 
     def model(self, model_id: str) -> GatewayModel | None:
         return next((m for m in self.config.models if m.model_id == model_id), None)
@@ -137,6 +139,14 @@ class GatewayState:
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
         return task
+
+    def end_live(self) -> None:
+        """Shutdown: finish every request still running (engine call cancelled, billed what
+        the engine did, slot released, one 503 record), so nothing waits for a lease to
+        expire when the replica is stopped while streams are open."""
+        for life in list(self.live):
+            life.record.error_code = "shutdown"
+            life.finish(503, "the gateway shut down while the request was running")
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait for every admission, settlement and renewal in progress, including work

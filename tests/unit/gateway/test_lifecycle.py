@@ -230,6 +230,25 @@ async def test_stream_over_the_timeout_ends_with_timeout_event(
     assert engine.cancelled == 1
 
 
+async def test_shutdown_finishes_running_streams(gateway, state, records, engine) -> None:
+    """A replica stopped with a stream open: the shutdown hooks end it (503, engine call
+    cancelled, billed what was delivered, slot released) before the store closes."""
+    engine.token_delay_s = 0.05
+    client = Client()
+    task = asyncio.ensure_future(_run(gateway, _body(stream=True, max_tokens=240), client))
+    await eventually(lambda: client.body_chunks >= 3, what="the stream is under way")
+    assert state.live
+    state.end_live()
+    await check_invariants(state, records, 1)
+    assert not state.live
+    assert records[0].status == 503 and records[0].error_code == "shutdown"
+    assert 0 < records[0].usage.completion_tokens < 240
+    assert engine.cancelled == 1
+    task.cancel()  # what stopping the replica does to the request's task
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(records) == 1 and records[0].status == 503
+
+
 async def test_engine_request_id_is_always_the_gateways(gateway, state, engine) -> None:
     await _run(gateway, _body(request_id="../../evil\nline"))  # refused: not a client field
     client = Client()
