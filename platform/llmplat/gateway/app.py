@@ -68,7 +68,9 @@ def create_app(state: GatewayState) -> FastAPI:
         title="llmplat", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.gateway = state
-    app.add_middleware(LifecycleMiddleware, request_timeout_s=state.config.request_timeout_s)
+    app.add_middleware(
+        LifecycleMiddleware, request_timeout_s=lambda: state.config.request_timeout_s
+    )
     _install_error_handlers(app)
     app.include_router(admin_router(state))
     app.include_router(team_router(state))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -221,9 +222,10 @@ class RequestLifecycle:
 class LifecycleMiddleware:
     """Outermost ASGI layer: concludes the request's lifecycle in its ``finally``."""
 
-    def __init__(self, app: ASGIApp, request_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, request_timeout_s: Callable[[], float]) -> None:
         self.app = app
-        self.hard_timeout_s = request_timeout_s + HARD_TIMEOUT_GRACE_S
+        self.request_timeout_s = request_timeout_s
+        """Read per request: the gateway's current setting."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,7 +240,7 @@ class LifecycleMiddleware:
                 delivered = True
 
         try:
-            async with asyncio.timeout(self.hard_timeout_s):
+            async with asyncio.timeout(self.request_timeout_s() + HARD_TIMEOUT_GRACE_S):
                 await self.app(scope, receive, tracked_send)
         except TimeoutError:
             life = scope.get(SCOPE_KEY)

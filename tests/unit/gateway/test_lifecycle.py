@@ -149,6 +149,22 @@ async def test_blocked_send_then_cancel_is_499(gateway, state, records, engine) 
     assert engine.cancelled == 1
 
 
+async def test_send_that_never_returns_is_stopped_by_the_hard_timeout(
+    gateway, state, records, engine
+) -> None:
+    """A client that stops reading (its send blocks forever) holds nothing past the request
+    timeout plus the middleware's grace: 504, engine call cancelled, billed, slot freed."""
+    state.config = dataclasses.replace(state.config, request_timeout_s=0.2)
+    engine.token_delay_s = 0.002
+    client = Client(block_at_chunk=3)
+    await asyncio.wait_for(_run(gateway, _body(stream=True, max_tokens=240), client), 15)
+    await check_invariants(state, records, 1)
+    assert client.blocked.is_set()
+    assert records[0].status == 504 and records[0].error_code == "timeout"
+    assert records[0].usage.completion_tokens > 0
+    assert engine.cancelled == 1
+
+
 async def test_n_choices_cut_short_are_billed_per_choice(gateway, state, records, engine) -> None:
     engine.token_delay_s = 0.002
     client = Client(disconnect_after_chunks=30)
@@ -218,10 +234,13 @@ async def test_timeout_before_first_token_is_504_and_cancels_engine(
 async def test_stream_over_the_timeout_ends_with_timeout_event(
     gateway, state, records, engine
 ) -> None:
-    state.config = dataclasses.replace(state.config, request_timeout_s=0.3)
+    # 1 s: the first token comes well before it even on a loaded machine; 240 tokens at
+    # 20 ms each take 4.8 s, far past it.
+    state.config = dataclasses.replace(state.config, request_timeout_s=1.0)
     engine.token_delay_s = 0.02
     client = await _run(gateway, _body(stream=True, max_tokens=240))
     await check_invariants(state, records, 1)
+    assert client.status == 200, client.text
     events = [e for e in client.text.split("\n\n") if e.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     assert json.loads(events[-2][6:])["error"]["code"] == "timeout"
