@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,7 +95,8 @@ class _HFTokenizer:
             continue_final_message=extra.continue_final_message,
             **(extra.template_kwargs or {}),
         )
-        ids = encoded["input_ids"] if isinstance(encoded, dict) else encoded
+        # transformers returns a BatchEncoding (a Mapping, not a dict) or a plain list.
+        ids = encoded["input_ids"] if isinstance(encoded, Mapping) else encoded
         return list(ids)
 
 

@@ -1,0 +1,153 @@
+"""Admission counts the prompt the engine will render: tools, tool calls, documents and
+template arguments included.
+
+The oracle for Mistral models is vLLM's own Mistral renderer (what the engine runs); for
+Hugging Face models, the tokenizer's chat template given what vLLM gives it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmplat.engine.protocol import ChatCompletionRequest
+from llmplat.gateway.tokens import PromptCounter
+from support import MODEL, V3_TOKENIZER
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+LONG_ID = "call_0123456789abcdefghij"  # OpenAI-style id: vLLM keeps its last 9 characters
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": LONG_ID,
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": LONG_ID, "content": '{"temp": 21, "unit": "C"}'},
+]
+
+
+def _chat(messages: list[dict[str, Any]], **extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": MODEL, "messages": messages, **extra})
+
+
+@pytest.fixture(scope="module")
+def mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mistral-tok")
+    shutil.copy(V3_TOKENIZER, d / "tokenizer.model.v3")
+    return d
+
+
+def _vllm_mistral_count(model_dir: Path, messages: list[dict[str, Any]], tools: Any) -> int:
+    from vllm.tokenizers.mistral import MistralTokenizer
+
+    tok = MistralTokenizer.from_pretrained(str(model_dir))
+    shortened = json.loads(json.dumps(messages))
+    for m in shortened:  # vLLM's truncate_tool_call_ids, applied before rendering
+        for call in m.get("tool_calls") or []:
+            call["id"] = call["id"][-9:]
+        if "tool_call_id" in m:
+            m["tool_call_id"] = m["tool_call_id"][-9:]
+    return len(tok.apply_chat_template(shortened, tools=tools, add_generation_prompt=True))
+
+
+@pytest.mark.parametrize(
+    ("messages", "tools"),
+    [
+        ([{"role": "user", "content": "What is the weather in Paris?"}], None),
+        ([{"role": "user", "content": "What is the weather in Paris?"}], TOOLS),
+        (TOOL_CONVERSATION, TOOLS),
+    ],
+    ids=["plain", "tools", "tool-calls"],
+)
+def test_mistral_count_matches_vllms_renderer(
+    mistral_dir: Path, messages: list[dict[str, Any]], tools: Any
+) -> None:
+    counter = PromptCounter(mistral_dir)
+    counted = counter.measure(_chat(messages, tools=tools)).tokens
+    assert counted == _vllm_mistral_count(mistral_dir, messages, tools)
+
+
+def test_mistral_tools_are_reserved(mistral_dir: Path) -> None:
+    counter = PromptCounter(mistral_dir)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    without = counter.measure(_chat(messages)).tokens
+    with_tools = counter.measure(_chat(messages, tools=TOOLS)).tokens
+    assert with_tools > without + 30  # the schema is rendered into the prompt
+
+
+HF_TEMPLATE = (
+    "{% if tools %}[TOOLS]{{ tools | tojson }}[/TOOLS]{% endif %}"
+    "{% if documents %}[DOCS]{% for d in documents %}{{ d.title }}: {{ d.text }} "
+    "{% endfor %}[/DOCS]{% endif %}"
+    "{% if persona %}[PERSONA]{{ persona }}[/PERSONA]{% endif %}"
+    "{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Hugging Face tokenizer (one token per character) with a chat template that
+    renders tools, documents and a template argument."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted({chr(c) for c in range(32, 127)})
+    vocab = {"[UNK]": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]")
+    tok.chat_template = HF_TEMPLATE
+    d = tmp_path_factory.mktemp("hf-tok")
+    tok.save_pretrained(str(d))
+    return d
+
+
+def test_hf_count_includes_tools_documents_and_template_arguments(hf_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    counter = PromptCounter(hf_dir)
+    messages = [{"role": "user", "content": "Summarise the report."}]
+    documents = [{"title": "Q3", "text": "Revenue grew by four percent."}]
+    kwargs = {"persona": "a terse analyst"}
+    plain = counter.measure(_chat(messages)).tokens
+    full = counter.measure(
+        _chat(messages, tools=TOOLS, documents=documents, chat_template_kwargs=kwargs)
+    ).tokens
+    oracle = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    expected = oracle.apply_chat_template(
+        messages,
+        tools=TOOLS,
+        documents=documents,
+        tokenize=True,
+        return_dict=True,
+        add_generation_prompt=True,
+        **kwargs,
+    )
+    assert full == len(expected["input_ids"])
+    rendered = len(json.dumps(TOOLS)) + len("Revenue grew by four percent.")
+    assert full > plain + rendered  # one token per character: everything was counted
