@@ -232,12 +232,15 @@ class LifecycleMiddleware:
             await self.app(scope, receive, send)
             return
         delivered = False
+        sent_bytes = 0
 
         async def tracked_send(message: Message) -> None:
-            nonlocal delivered
+            nonlocal delivered, sent_bytes
             await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                delivered = True
+            if message["type"] == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+                if not message.get("more_body"):
+                    delivered = True
 
         try:
             async with asyncio.timeout(self.request_timeout_s() + HARD_TIMEOUT_GRACE_S):
@@ -251,4 +254,5 @@ class LifecycleMiddleware:
         finally:
             life = scope.get(SCOPE_KEY)
             if life is not None:
+                life.record.response_bytes = sent_bytes
                 life.conclude(delivered)

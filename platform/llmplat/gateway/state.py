@@ -83,6 +83,8 @@ class RequestRecord:
     error: str | None = None
     """Internal detail for the server log; never sent to the audit sink."""
     error_code: str | None = None
+    response_bytes: int = 0
+    """Body bytes handed to the HTTP server (what a client that got everything received)."""
 
 
 def log_record(record: RequestRecord) -> None:

@@ -35,6 +35,7 @@ def audit_line(record: RequestRecord) -> dict[str, Any]:
         "latency_ms": round((record.ended - record.started) * 1000, 1),
         "ttft_ms": None if record.first_token_s is None else round(record.first_token_s * 1000, 1),
         "client": record.client,
+        "bytes": record.response_bytes,
     }
 
 

@@ -30,7 +30,7 @@ async def test_one_line_per_request_without_text_or_secrets(
     client = openai.AsyncOpenAI(
         api_key=issued.plaintext, base_url="http://gw/v1", http_client=http, max_retries=0
     )
-    await client.chat.completions.create(
+    answer = await client.chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=3
     )
     with pytest.raises(openai.NotFoundError):
@@ -53,9 +53,11 @@ async def test_one_line_per_request_without_text_or_secrets(
     assert ok["key_id"] == issued.record.key_id and ok["model"] == MODEL
     assert ok["prompt_tokens"] > 0 and ok["completion_tokens"] == 3
     assert ok["latency_ms"] >= 0 and ok["client"] == "127.0.0.1"
+    assert ok["bytes"] == len(answer.content) > 0  # the body the client received
     assert set(ok) == {
         "time", "request_id", "team", "key_id", "model", "endpoint", "stream", "status",
         "error_code", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "client",
+        "bytes",
     }  # fmt: skip
     assert lines[1]["error_code"] == "model_not_found"
     everything = audit_path.read_text() + caplog.text
