@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from llmplat import session
 from llmplat.cli_admin import add_admin_commands
 from llmplat.cli_deploy import add_deploy_commands
@@ -16,7 +18,7 @@ from llmplat.cli_plan import add_plan_command
 from llmplat.cli_status import add_status_command
 from llmplat.config.loader import ConfigError, LoadedPlatform, load_platform
 from llmplat.session import SessionError
-from llmplat.settings import Settings
+from llmplat.settings import ENV_PREFIX, Settings
 
 
 def _err(msg: str) -> None:
@@ -155,9 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_settings() -> Settings:
+    """The environment's settings, or exit 2 with one line per problem (never a value)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            where = "__".join(str(part) for part in error["loc"]).upper()
+            name = f"{ENV_PREFIX}{where}: " if where else ""
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"llmplat: invalid setting {name}{message}", file=sys.stderr)
+    except ValueError as exc:  # a *_FILE variable that cannot be read, or doubly set
+        print(f"llmplat: invalid setting: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args, Settings()))
+    return int(args.func(args, load_settings()))
 
 
 if __name__ == "__main__":

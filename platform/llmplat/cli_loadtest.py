@@ -65,9 +65,7 @@ def cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
         _err(f"--key for unknown teams {unknown}; scenario teams: {', '.join(scenario.teams)}")
         return EXIT_USAGE
     keys = {t: k for t, k in keys.items() if t in scenario.teams}
-    admin_token = args.admin_token or (
-        settings.admin_token.get_secret_value() if settings.admin_token else None
-    )
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     host = (args.host or f"http://{settings.host}:{settings.port}").rstrip("/")
     host = host.removesuffix("/v1")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -114,7 +112,6 @@ def add_loadtest_command(sub: Any) -> None:
     )
     p.add_argument("--out", help="output folder (default loadtest-results/<scenario>-<time>)")
     p.add_argument("--model", help="model id (default: the scenario's, else the first listed)")
-    p.add_argument("--admin-token", help="creates the teams and keys (default LLMPLAT_ADMIN_TOKEN)")
     p.add_argument(
         "--key",
         action="append",

@@ -77,7 +77,7 @@ def render(data: dict[str, Any]) -> str:
     if gw:
         lines.append(f"gateway replicas running: {gw['replicas'].get('RUNNING', 0)}")
     if data["admin"] is None:
-        lines.append("teams: set LLMPLAT_ADMIN_TOKEN (or --admin-token) to see team usage")
+        lines.append("teams: set LLMPLAT_ADMIN_TOKEN (or ..._FILE) to see team usage")
     elif data["admin"] != 200:
         lines.append(f"teams: the admin API answered {data['admin']} (wrong admin token?)")
     else:
@@ -100,9 +100,7 @@ def render(data: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     url = args.url or f"http://{settings.host}:{settings.port}"
-    token = args.admin_token or (
-        settings.admin_token.get_secret_value() if settings.admin_token else None
-    )
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
     try:
         data = collect(url, token, interval_s=args.interval)
     except httpx.HTTPError as exc:
@@ -115,6 +113,5 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def add_status_command(sub: Any) -> None:
     p = sub.add_parser("status", help="models, replicas, load and team usage of a running platform")
     p.add_argument("--url", help="platform URL (default http://LLMPLAT_HOST:LLMPLAT_PORT)")
-    p.add_argument("--admin-token", help="admin token (default LLMPLAT_ADMIN_TOKEN)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     p.set_defaults(func=cmd_status)

@@ -1,7 +1,10 @@
 """The one place that reads the environment.
 
 Every variable is prefixed ``LLMPLAT_``; nested fields use ``__`` (for example
-``LLMPLAT_GATEWAY__MAX_REQUEST_BYTES``). Build a :class:`Settings` in an app factory or
+``LLMPLAT_GATEWAY__MAX_REQUEST_BYTES``). Any variable may instead be given as a file:
+``LLMPLAT_ADMIN_TOKEN_FILE=/run/secrets/admin-token`` reads the value from that file, so
+secrets can be mounted into the one container that needs them instead of living in an
+environment every child process inherits. Build a :class:`Settings` in an app factory or
 the CLI, never at import time, and pass it down.
 """
 
@@ -12,14 +15,23 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEV_KEY_PREFIX = "llmp_dev_"
 ADMIN_TOKEN_PREFIX = "llmp_admin_"
 _MAX_RAY_TEMP_LEN = 40
+ENV_PREFIX = "LLMPLAT_"
+FILE_SUFFIX = "_FILE"
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 def _default_home() -> Path:
@@ -166,11 +178,47 @@ class LoadTestSettings(BaseModel):
     )
 
 
+class FileVariablesSource(PydanticBaseSettingsSource):
+    """``LLMPLAT_<NAME>_FILE=<path>``: the value of ``LLMPLAT_<NAME>`` read from a file (one
+    trailing newline removed). Setting both forms of one variable is an error."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: dict[str, str]) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is assembled in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        upper = {k.upper(): v for k, v in self._env.items()}
+        for name, path in upper.items():
+            if not (name.startswith(ENV_PREFIX) and name.endswith(FILE_SUFFIX)):
+                continue
+            plain = name[: -len(FILE_SUFFIX)]
+            if plain in upper:
+                raise ValueError(f"set {plain} or {name}, not both")
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"{name}: cannot read {path}: {exc.strerror}") from None
+            text = text[:-1] if text.endswith("\n") else text
+            parts = plain[len(ENV_PREFIX) :].lower().split("__")
+            target = values
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = text
+        return values
+
+
 class Settings(BaseSettings):
     """Process-wide settings of llmplat (environment variables ``LLMPLAT_*``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLMPLAT_", env_nested_delimiter="__", extra="ignore"
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,  # a refused value may be a secret
     )
 
     home: Path = Field(
@@ -201,8 +249,8 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="Bearer token of the /admin/ API; generated in dev mode, "
-        "the admin API is off in production without it.",
+        description="Bearer token of the /admin/ API, at least 32 characters; generated in "
+        "dev mode, the admin API is off in production without it.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
@@ -224,6 +272,30 @@ class Settings(BaseSettings):
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs the local Ray node advertises (default: all)."
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env = dict(os.environ)
+        if isinstance(env_settings, EnvSettingsSource):
+            env = dict(env_settings.env_vars)
+        return (init_settings, env_settings, FileVariablesSource(settings_cls, env))
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
 
     @model_validator(mode="after")
     def _secrets_required_outside_dev(self) -> Settings:

@@ -4,6 +4,7 @@ metrics exported per model replica; `llmplat status` shows it all."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -76,9 +77,9 @@ async def test_engine_metrics_exported_per_model_replica(live) -> None:
 
 def test_llmplat_status_shows_models_replicas_and_team_usage(live) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "llmplat", "status", "--url", live.url,
-         "--admin-token", live.admin_token],
+        [sys.executable, "-m", "llmplat", "status", "--url", live.url],
         capture_output=True, text=True, timeout=60,
+        env={**os.environ, "LLMPLAT_ADMIN_TOKEN": live.admin_token},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -72,7 +72,7 @@ class TeamProvisioner:
                 raise ProvisionError(
                     f"team '{team}' has no key: give one (--key {team}=... or "
                     f"LLMPLAT_LOADTEST__KEYS__{team.upper()}) or an admin token "
-                    "(LLMPLAT_ADMIN_TOKEN or --admin-token) to create it"
+                    "(LLMPLAT_ADMIN_TOKEN or LLMPLAT_ADMIN_TOKEN_FILE) to create it"
                 )
             name = f"{self.prefix}{team}"
             res.team_names[team] = name

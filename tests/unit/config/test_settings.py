@@ -57,3 +57,48 @@ def test_exported_defaults_never_override_the_user(monkeypatch) -> None:
     export_defaults({"LLMPLAT_TEST_SET": "default", "LLMPLAT_TEST_UNSET": "default"})
     assert os.environ["LLMPLAT_TEST_SET"] == "user"
     assert os.environ.pop("LLMPLAT_TEST_UNSET") == "default"
+
+
+def test_secrets_read_from_files(monkeypatch, tmp_path) -> None:
+    """``*_FILE`` variants: a mounted file instead of an inherited environment variable."""
+    token = tmp_path / "admin-token"
+    token.write_text("t" * 40 + "\n")  # the trailing newline of `echo`/Secret files is dropped
+    url = tmp_path / "redis-url"
+    url.write_text("rediss://quota:pw@redis.example:6380/0")
+    monkeypatch.setenv("LLMPLAT_ADMIN_TOKEN_FILE", str(token))
+    monkeypatch.setenv("LLMPLAT_QUOTAS__REDIS_URL_FILE", str(url))
+    monkeypatch.setenv("LLMPLAT_QUOTAS__BACKEND", "redis")
+    s = Settings()
+    assert s.admin_token is not None and s.admin_token.get_secret_value() == "t" * 40
+    assert s.quotas.redis_url is not None
+    assert s.quotas.redis_url.get_secret_value() == "rediss://quota:pw@redis.example:6380/0"
+    assert s.quotas.backend == "redis"  # plain variables of the same section still apply
+
+
+def test_file_variant_errors_are_clear(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LLMPLAT_ADMIN_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="LLMPLAT_ADMIN_TOKEN_FILE: cannot read"):
+        Settings()
+    (tmp_path / "missing").write_text("x" * 40)
+    monkeypatch.setenv("LLMPLAT_ADMIN_TOKEN", "y" * 40)
+    with pytest.raises(ValueError, match="not both"):
+        Settings()
+
+
+def test_short_admin_token_refused_without_echoing_it(monkeypatch) -> None:
+    monkeypatch.setenv("LLMPLAT_ADMIN_TOKEN", "hunter2-hunter2")
+    with pytest.raises(ValueError, match="at least 32 characters") as caught:
+        Settings()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_cli_reports_bad_settings_in_one_line_each(monkeypatch, capsys) -> None:
+    from llmplat.cli import main
+
+    monkeypatch.setenv("LLMPLAT_ADMIN_TOKEN", "hunter2-hunter2")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "LLMPLAT_ADMIN_TOKEN" in err and "at least 32" in err and "hunter2" not in err
+    assert "Traceback" not in err
