@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 from datetime import UTC, datetime
@@ -39,6 +40,9 @@ def audit_line(record: RequestRecord) -> dict[str, Any]:
     }
 
 
+AUDIT_FILE_MODE = 0o600
+
+
 class AuditLog:
     """Writes audit lines to a file (appending) or stdout, off the event loop."""
 
@@ -51,6 +55,9 @@ class AuditLog:
         else:
             path = Path(sink)
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only: who called which model when is not for other users of the node.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, AUDIT_FILE_MODE))
+            os.chmod(path, AUDIT_FILE_MODE)  # also a file an older version created
             handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(message)s"))
         self._handler = handler

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import stat
+from pathlib import Path
 
 import openai
 import pytest
 
 from llmplat.auth.admin import KeyAdmin
+from llmplat.observability.audit import AuditLog
 from support import MODEL, auth
 
 PROMPT = "the secret plan is tangerine"
@@ -64,3 +67,13 @@ async def test_one_line_per_request_without_text_or_secrets(
     assert "tangerine" not in everything
     secret = issued.plaintext.split("_", 2)[2]
     assert secret not in everything and issued.plaintext not in everything
+
+
+def test_audit_file_is_owner_only(tmp_path: Path) -> None:
+    old = tmp_path / "old.log"
+    old.write_text("")
+    old.chmod(0o644)  # as an older version left it
+    for path in (tmp_path / "new" / "audit.log", old):
+        log = AuditLog(path)
+        log.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
