@@ -73,6 +73,13 @@ class GatewaySettings(BaseModel):
     ready_timeout_s: float = Field(
         5.0, gt=0, description="How long /readyz waits for each model to answer."
     )
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=0,
+        description="Failed authentications (bad API key or admin token) one client address "
+        "may make per minute; beyond that its failed attempts get 429. Valid keys are always "
+        "served. 0 disables the throttle.",
+    )
     direct_ingress: bool = Field(
         True,
         description="Gateway replicas serve HTTP themselves (ports port..port+replicas-1) "

@@ -26,7 +26,7 @@ from llmplat.gateway.errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
-from llmplat.gateway.requests import read_json_body
+from llmplat.gateway.requests import client_address, read_json_body
 from llmplat.gateway.state import GatewayState
 from llmplat.quotas.model import ScopeUsage
 
@@ -93,9 +93,10 @@ def _require_admin(state: GatewayState, request: Request) -> KeyAdmin:
     if token is None:
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
     if not hmac.compare_digest(token.encode(), state.admin_token.get_secret_value().encode()):
-        raise PermissionDenied(
+        denied = PermissionDenied(
             "This credential may not use the admin API.", code="admin_token_required"
         )
+        raise state.auth_throttle.failed(client_address(request), denied)
     return state.admin
 
 

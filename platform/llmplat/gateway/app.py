@@ -28,6 +28,7 @@ from llmplat.gateway.admin_routes import admin_router, team_router
 from llmplat.gateway.backends import Method
 from llmplat.gateway.errors import (
     APIError,
+    AuthenticationFailed,
     InvalidRequest,
     NotFound,
     UpstreamError,
@@ -36,7 +37,7 @@ from llmplat.gateway.errors import (
 )
 from llmplat.gateway.lifecycle import SCOPE_KEY, GuardedCall, LifecycleMiddleware, RequestLifecycle
 from llmplat.gateway.prepare import INLINE_BODY_BYTES, Prepared, prepare, unknown_model
-from llmplat.gateway.requests import read_body
+from llmplat.gateway.requests import client_address, read_body
 from llmplat.gateway.state import GatewayModel, GatewayState, RequestRecord
 from llmplat.gateway.streaming import StreamOutcome, relay_stream
 from llmplat.gateway.usage import Usage
@@ -153,7 +154,10 @@ def _card(model: GatewayModel) -> dict[str, Any]:
 
 
 async def _authenticate(state: GatewayState, request: Request) -> Principal:
-    return await state.authenticator.authenticate(request.headers.get("authorization"))
+    try:
+        return await state.authenticator.authenticate(request.headers.get("authorization"))
+    except AuthenticationFailed as exc:
+        raise state.auth_throttle.failed(client_address(request), exc) from None
 
 
 async def _model_ready(state: GatewayState, model_id: str) -> str:

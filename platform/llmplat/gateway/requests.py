@@ -21,6 +21,11 @@ from llmplat.gateway.fim import FimEncoder
 M = TypeVar("M", bound=BaseModel)
 
 
+def client_address(request: Request) -> str | None:
+    """The peer's address (behind an Ingress: the controller's)."""
+    return request.client.host if request.client else None
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refusing oversize bodies before reading them whole."""
     declared = request.headers.get("content-length")

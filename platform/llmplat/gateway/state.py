@@ -18,6 +18,7 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.base import Authenticator
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
+from llmplat.gateway.throttle import FailedAuthThrottle
 from llmplat.gateway.tokens import PromptCounter
 from llmplat.gateway.usage import Usage
 from llmplat.observability.metrics import GatewayMetrics
@@ -48,6 +49,7 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
     max_messages: int = 1024
     ready_timeout_s: float = 5.0
+    auth_failures_per_minute: int = 20
     admin_token: SecretStr | None = None
     keystore: KeyStoreSettings = field(default_factory=KeyStoreSettings)
     keystore_path: str = ""
@@ -129,6 +131,8 @@ class GatewayState:
     """Parses, encodes and counts large request bodies off the event loop."""
     pending: set[asyncio.Future[Any]] = field(default_factory=set)
     """Settlements and lease renewals still running (awaited at shutdown)."""
+    auth_throttle: FailedAuthThrottle = field(default_factory=lambda: FailedAuthThrottle(20))
+    """Failed authentications per client address (429 past the limit)."""
     live: set[Any] = field(default_factory=set)
     """Lifecycles of the generation requests not yet finished (ended at shutdown)."""
 
@@ -181,4 +185,5 @@ def build_state(
         counters=counters,
         quotas=quotas or QuotaService(MemoryQuotaStore()),
         metrics=metrics or GatewayMetrics(CollectorRegistry(), tuple(fim)),
+        auth_throttle=FailedAuthThrottle(config.auth_failures_per_minute),
     )

@@ -54,6 +54,7 @@ def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfi
         request_timeout_s=gw.request_timeout_s,
         max_messages=gw.max_messages,
         ready_timeout_s=gw.ready_timeout_s,
+        auth_failures_per_minute=gw.auth_failures_per_minute,
         admin_token=settings.admin_token,
         keystore=settings.keystore,
         keystore_path=str(settings.keystore_path),
