@@ -37,6 +37,7 @@ from llmplat.gateway.errors import (
 )
 from llmplat.gateway.lifecycle import SCOPE_KEY, GuardedCall, LifecycleMiddleware, RequestLifecycle
 from llmplat.gateway.prepare import INLINE_BODY_BYTES, Prepared, prepare, unknown_model
+from llmplat.gateway.readiness import ReadinessCache
 from llmplat.gateway.requests import client_address, read_body
 from llmplat.gateway.state import GatewayModel, GatewayState, RequestRecord
 from llmplat.gateway.streaming import StreamOutcome, relay_stream
@@ -80,21 +81,28 @@ def create_app(state: GatewayState) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    async def check_models() -> dict[str, str]:
+        ids = [m.model_id for m in state.config.models]
+        results = await asyncio.gather(*(_model_ready(state, m) for m in ids))
+        return dict(zip(ids, results, strict=True))
+
+    readiness = ReadinessCache(check_models)
+    app.state.readiness = readiness
+
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        results = await asyncio.gather(
-            *(_model_ready(state, m.model_id) for m in state.config.models)
-        )
-        models = dict(zip([m.model_id for m in state.config.models], results, strict=True))
-        ready = all(v == "ready" for v in models.values())
+        now = await readiness.get()
         return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "models": models},
-            status_code=200 if ready else 503,
+            {"status": "ready" if now.ready else "not_ready", "models": now.models},
+            status_code=200 if now.ready else 503,
         )
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if state.config.metrics_port is None:
+        # With a metrics port, /metrics (team names and volumes) is served there only.
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            registry = state.metrics.registry
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

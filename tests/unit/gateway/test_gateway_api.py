@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 
+import httpx
 import openai
 import pytest
 
 from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
+from llmplat.gateway.app import create_app
 from support import DEV_KEY, MODEL, PLAIN_MODEL, auth
 
 
@@ -230,3 +234,25 @@ async def test_bad_completion_bodies_are_400(http, body) -> None:
     r = await http.post("/v1/completions", json=body, headers=auth())
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_readiness_is_cached_and_shared(gateway, http) -> None:
+    """Probes and anonymous callers cost at most one engine check per cache period."""
+    readiness = gateway.state.readiness
+    engine = gateway.state.gateway.backends[MODEL].engine
+    before = readiness.checks
+    answers = await asyncio.gather(*(http.get("/readyz") for _ in range(50)))
+    assert {a.status_code for a in answers} == {200}
+    assert readiness.checks == before + 1
+    engine.started = False  # a change shows once the cached answer is older than its period
+    readiness.max_age_s = 0.0
+    assert (await http.get("/readyz")).status_code == 503
+
+
+async def test_metrics_port_takes_metrics_off_the_public_endpoint(gateway) -> None:
+    state = gateway.state.gateway
+    state.config = dataclasses.replace(state.config, metrics_port=9464)
+    app = create_app(state)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h:
+        assert (await h.get("/metrics")).status_code == 404
+        assert (await h.get("/healthz")).status_code == 200

@@ -1,0 +1,60 @@
+"""``/readyz`` from a cached engine check: probes and anonymous callers never fan out.
+
+Every model's health is asked at most once per ``max_age_s``; callers arriving while a
+check runs share it. Anyone who can reach the endpoint can call ``/readyz``, so without the
+cache each hit would cost one health call per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+READY_CACHE_S = 2.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    models: dict[str, str]
+    """Model id -> "ready" or why not."""
+    checked_at: float
+
+    @property
+    def ready(self) -> bool:
+        return all(v == "ready" for v in self.models.values())
+
+
+class ReadinessCache:
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[dict[str, str]]],
+        max_age_s: float = READY_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._check = check
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._last: Readiness | None = None
+        self._running: asyncio.Future[Readiness] | None = None
+        self.checks = 0
+        """Engine checks made (for tests and debugging)."""
+
+    async def get(self) -> Readiness:
+        last = self._last
+        if last is not None and self._clock() - last.checked_at < self.max_age_s:
+            return last
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._refresh())
+        # Shielded: a caller that goes away does not cancel the check the others wait for.
+        return await asyncio.shield(self._running)
+
+    async def _refresh(self) -> Readiness:
+        try:
+            self.checks += 1
+            result = Readiness(await self._check(), self._clock())
+            self._last = result
+            return result
+        finally:
+            self._running = None
