@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmplat.settings import Settings, export_defaults
 
@@ -56,9 +58,37 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+RAY_TOKEN_FILE = "ray-auth-token"
+RAY_TOKEN_MODE = 0o600
+
+
+def ray_token_path(settings: Settings) -> Path:
+    """The local Ray cluster's authentication token (owner-only file under the home)."""
+    return settings.home / RAY_TOKEN_FILE
+
+
+def ensure_ray_token(settings: Settings) -> Path:
+    """Create the token file on first use (64 hex characters, mode 0600); keep it after."""
+    path = ray_token_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RAY_TOKEN_MODE)
+    except FileExistsError:
+        os.chmod(path, RAY_TOKEN_MODE)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 def ray_environment(settings: Settings) -> dict[str, str]:
     """Variables Ray's processes must see; they are read when those processes start."""
     env = dict(RAY_ENV_DEFAULTS)
+    if settings.ray_address is None:
+        # A local cluster: every Ray endpoint (GCS, dashboard agent and its job API, Ray
+        # client) asks for the token in this owner-only file; other local users get 401.
+        # Serve's HTTP ports are not Ray's: they answer with the gateway's own key checks.
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_token_path(settings))}
     if settings.gateway.direct_ingress:
         end = settings.port + settings.gateway.replicas  # Serve's range excludes its end
         env |= {
@@ -74,6 +104,8 @@ def ray_environment(settings: Settings) -> dict[str, str]:
 
 def prepare_environment(settings: Settings) -> None:
     """Export Ray's variables; call before importing ray.serve (it reads them at import)."""
+    if settings.ray_address is None:
+        ensure_ray_token(settings)
     export_defaults(ray_environment(settings))
 
 

@@ -111,6 +111,14 @@ class KeyStoreSettings(BaseModel):
     )
     path: Path | None = Field(None, description="File store path; default <home>/teams.yaml.")
     namespace: str = Field("llmplat", description="Namespace of the Kubernetes store's Secrets.")
+    max_staleness_s: float = Field(
+        60.0,
+        gt=0,
+        description="Kubernetes store: when the gateway's view of the keys has not been "
+        "confirmed by the API server for this long (watch failing), team keys are refused "
+        "with 503 'key_store_stale' instead of trusting a view in which revoked keys may "
+        "still be valid.",
+    )
     kubeconfig: Path | None = Field(
         default_factory=lambda: (
             Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None

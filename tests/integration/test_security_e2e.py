@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
 import httpx
 
+from llmplat.settings import Settings
 from support import MODEL
 
 
@@ -41,3 +43,27 @@ def test_short_admin_token_stops_serve_with_a_clear_message(tmp_path) -> None:
     assert "LLMPLAT_ADMIN_TOKEN" in out.stderr and "at least 32 characters" in out.stderr
     assert "too-short-token" not in out.stderr + out.stdout
     assert not (tmp_path / "ray").exists()  # refused before anything started
+
+
+def _agent_port(live) -> int:
+    session = Settings(home=live.home).ray_temp_dir / "session_latest"
+    [port_file] = session.glob("dashboard_agent_listen_port_*")
+    return int(port_file.read_text().strip())
+
+
+def test_ray_endpoints_need_the_token(live) -> None:
+    """The node's dashboard agent (job API included) answers 401 without the cluster's
+    token, which only the owner of the platform's home can read."""
+    token_file = live.home / "ray-auth-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    base = f"http://127.0.0.1:{_agent_port(live)}"
+    job = {"entrypoint": "sh -c 'env; cat /etc/passwd'", "submission_id": "attack"}
+    with httpx.Client(base_url=base, timeout=30) as http:
+        assert http.post("/api/job_agent/jobs/", json=job).status_code == 401
+        assert http.get("/api/job_agent/jobs/attack").status_code == 401
+        wrong = {"Authorization": "Bearer " + "0" * 64}
+        assert http.get("/api/job_agent/jobs/attack", headers=wrong).status_code == 403
+        right = {"Authorization": f"Bearer {token}"}
+        answer = http.get("/api/job_agent/jobs/attack", headers=right)
+    assert answer.status_code not in (401, 403)  # past authentication (no such job)

@@ -247,6 +247,7 @@ class KubernetesKeyStore(KeyStore):
         body = self.api.api_client.sanitize_for_serialization(secrets)
         items = body.get("items") or []
         rv = (body.get("metadata") or {}).get("resourceVersion") or None
+        self.confirmed_at = time.monotonic()
         return items, rv
 
     def load(self) -> Registry:
@@ -397,8 +398,11 @@ class KubernetesKeyStore(KeyStore):
                 with closing(self._stream(w, rv)) as events:
                     for event in events:
                         rv = self._apply(event, records, emit) or rv
+                        self.confirmed_at = time.monotonic()
                         if stop.is_set():
                             break
+                # The server ended the watch itself (timeoutSeconds): nothing was missed.
+                self.confirmed_at = time.monotonic()
             except ApiException as exc:
                 if exc.status == 410:
                     log.info("key store watch expired (410 Gone); re-listing")
@@ -407,7 +411,10 @@ class KubernetesKeyStore(KeyStore):
                     stop.wait(self._retry_s)
                 return
             except urllib3.exceptions.ReadTimeoutError:
-                continue  # a quiet stream the server did not end itself: resume from rv
+                # A quiet stream the server did not end itself (it answered the watch, so it
+                # is reachable): resume from rv.
+                self.confirmed_at = time.monotonic()
+                continue
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 log.error("key store watch: %s", self._transport_error(exc, "watching Secrets"))
                 stop.wait(self._retry_s)

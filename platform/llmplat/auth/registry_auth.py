@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -15,7 +16,7 @@ from llmplat.auth.base import Principal, bearer_token
 from llmplat.auth.keys import parse_key, secret_matches
 from llmplat.auth.store import KeyStore
 from llmplat.config.teams import Registry
-from llmplat.gateway.errors import AuthenticationFailed
+from llmplat.gateway.errors import AuthenticationFailed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,13 @@ class RegistryAuthenticator:
         *,
         dev_key: SecretStr | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        store: KeyStore | None = None,
+        max_staleness_s: float = float("inf"),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._store = store
+        self._max_staleness_s = max_staleness_s
+        self._monotonic = monotonic
         self._registry = registry or Registry()
         self._dev_key = dev_key.get_secret_value().encode() if dev_key else None
         self._now = now
@@ -57,6 +64,7 @@ class RegistryAuthenticator:
             )
         if self._dev_key is not None and hmac.compare_digest(token.encode(), self._dev_key):
             return self._dev
+        self._check_fresh()
         parsed = parse_key(token)
         if parsed is None:
             raise AuthenticationFailed(
@@ -95,6 +103,20 @@ class RegistryAuthenticator:
             max_choices=team.max_choices,
             cache_group=team.cache_group,
         )
+
+    def _check_fresh(self) -> None:
+        """Fail closed on a remote store whose view is too old to trust (revocations)."""
+        confirmed = self._store.confirmed_at if self._store is not None else None
+        if confirmed is None:
+            return
+        age = self._monotonic() - confirmed
+        if age > self._max_staleness_s:
+            raise ServiceUnavailable(
+                f"API keys cannot be checked: the key store has not been reachable for "
+                f"{age:.0f} s. Retry shortly; operators: see the gateway log.",
+                code="key_store_stale",
+                headers={"retry-after": "5"},
+            )
 
 
 class StoreFollower:

@@ -24,6 +24,10 @@ class ConflictError(StoreError):
 class KeyStore(ABC):
     """Teams and keys. Synchronous: the CLI calls it directly, async code via a thread."""
 
+    confirmed_at: float | None = None
+    """``time.monotonic()`` when a remote store last confirmed the followed view (a list,
+    a watch event, a watch that ended normally); None for a local store, always current."""
+
     @abstractmethod
     def load(self) -> Registry:
         """One consistent snapshot of every team and key."""

@@ -26,7 +26,12 @@ from llmplat.stores import open_key_store, open_quota_store
 def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> GatewayState:
     """The full request pipeline of a replica. Background work starts with the app."""
     key_store = open_key_store(config.keystore, Path(config.keystore_path))
-    authenticator = RegistryAuthenticator(key_store.load(), dev_key=config.dev_api_key)
+    authenticator = RegistryAuthenticator(
+        key_store.load(),
+        dev_key=config.dev_api_key,
+        store=key_store,
+        max_staleness_s=config.keystore.max_staleness_s,
+    )
     quota_store = open_quota_store(config.quotas)
     metrics = GatewayMetrics(CollectorRegistry(), tuple(m.model_id for m in config.models))
     quotas = QuotaService(

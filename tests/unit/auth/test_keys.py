@@ -65,3 +65,28 @@ async def test_dev_key_is_team_dev_and_any_other_token_is_refused() -> None:
     assert (await auth.authenticate("Bearer llmp_dev_" + "d" * 40)).team == "dev"
     with pytest.raises(AuthenticationFailed):
         await auth.authenticate("Bearer llmp_dev_" + "e" * 40)
+
+
+async def test_a_stale_remote_view_fails_closed(tmp_path) -> None:
+    """A remote key store whose view has not been confirmed for longer than the bound:
+    keys are refused (503) rather than trusting a view in which revoked keys still work."""
+    from llmplat.auth.file_store import FileKeyStore
+    from llmplat.gateway.errors import ServiceUnavailable
+
+    reg, key = _registry()
+    store = FileKeyStore(tmp_path / "teams.yaml")
+    clock = [100.0]
+    dev = "llmp_dev_" + "d" * 40
+    auth = RegistryAuthenticator(
+        reg, dev_key=SecretStr(dev), store=store, max_staleness_s=60.0, monotonic=lambda: clock[0]
+    )
+    assert (await auth.authenticate(f"Bearer {key}")).team  # a local store: always current
+    store.confirmed_at = 50.0
+    assert (await auth.authenticate(f"Bearer {key}")).team  # 50 s old: within the bound
+    clock[0] = 111.0
+    with pytest.raises(ServiceUnavailable) as refused:
+        await auth.authenticate(f"Bearer {key}")
+    assert refused.value.status == 503 and refused.value.code == "key_store_stale"
+    assert "61 s" in refused.value.message
+    store.confirmed_at = 110.0  # the watch is back
+    assert (await auth.authenticate(f"Bearer {key}")).team

@@ -405,3 +405,20 @@ def test_on_change_errors_end_the_watch(kube: EmulatorHandle) -> None:
 
     with pytest.raises(RuntimeError, match="gateway broke"):
         store.watch(boom, threading.Event())
+
+
+def test_view_is_confirmed_while_the_watch_works_and_ages_when_it_fails(
+    kube: EmulatorHandle,
+) -> None:
+    store = KubernetesKeyStore(NS, kube.core_v1(), retry_s=0.2)
+    assert store.confirmed_at is None
+    with Watcher(store) as w:
+        w.wait_for(lambda r: r == Registry())
+        for _ in range(3):  # confirmed again and again while nothing changes
+            time.sleep(1.0)
+            assert store.confirmed_at is not None
+            assert time.monotonic() - store.confirmed_at < 2.5
+        kube.fail_namespace(NS, 503, "etcd unavailable")
+        time.sleep(4.0)
+        assert store.confirmed_at is not None
+        assert time.monotonic() - store.confirmed_at > 2.0
