@@ -46,8 +46,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
     try:
+        settings.check_quota_store()
         platform = load_platform(settings.resolved_config(), settings.config_dir)
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         _err(f"llmplat: {exc}")
         return 2
     try:

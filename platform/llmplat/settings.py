@@ -147,6 +147,13 @@ class QuotaSettings(BaseModel):
         900.0, gt=0, description="In-flight slots of a gateway that died free after this."
     )
 
+    def check(self) -> None:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError(
+                "LLMPLAT_QUOTAS__BACKEND=redis needs LLMPLAT_QUOTAS__REDIS_URL "
+                "(or LLMPLAT_QUOTAS__REDIS_URL_FILE)"
+            )
+
 
 class AuditSettings(BaseModel):
     """The audit log: one JSON line per request, never prompt or completion text."""
@@ -316,14 +323,19 @@ class Settings(BaseSettings):
     def _secrets_required_outside_dev(self) -> Settings:
         if self.mode == "production" and self.dev_api_key is not None:
             raise ValueError("LLMPLAT_DEV_API_KEY is a dev-mode setting; unset it in production")
-        if self.quotas.backend == "redis" and self.quotas.redis_url is None:
-            raise ValueError("LLMPLAT_QUOTAS__BACKEND=redis needs LLMPLAT_QUOTAS__REDIS_URL")
         if self.quotas.backend == "memory" and self.gateway.replicas > 1:
             raise ValueError(
                 f"{self.gateway.replicas} gateway replicas with in-process quotas would admit "
                 f"{self.gateway.replicas}x every limit; set LLMPLAT_QUOTAS__BACKEND=redis"
             )
         return self
+
+    def check_quota_store(self) -> None:
+        """Raise ValueError when the quota store cannot be opened from these settings.
+
+        Not a validator: on a cluster, only the gateway's pods hold the Redis URL (a
+        mounted file); other pods build settings without it."""
+        self.quotas.check()
 
     @property
     def keystore_path(self) -> Path:

@@ -25,7 +25,8 @@ def open_quota_store(settings: QuotaSettings) -> QuotaStore:
     if settings.backend == "redis":
         from llmplat.quotas.redis_store import RedisQuotaStore
 
-        assert settings.redis_url is not None  # enforced by Settings
+        settings.check()
+        assert settings.redis_url is not None
         return RedisQuotaStore(
             settings.redis_url.get_secret_value(), key_prefix=settings.key_prefix
         )

@@ -56,6 +56,10 @@ class GatewayConfig:
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     audit_sink: str | None = None
     metrics_port: int | None = None
+    secrets_from_environment: bool = False
+    """On a cluster: the replica reads the admin token and the Redis URL from its own pod
+    (mounted files) and applies the declared teams; the deployment's arguments, which Ray
+    keeps in its control plane, carry no secret."""
 
 
 @dataclass

@@ -38,8 +38,13 @@ def build_models(
     return out
 
 
-def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfig:
+def gateway_config(
+    models: list[BuiltModel], settings: Settings, *, secrets_from_environment: bool = False
+) -> GatewayConfig:
     gw = settings.gateway
+    quotas = settings.quotas
+    if secrets_from_environment:
+        quotas = quotas.model_copy(update={"redis_url": None})
     return GatewayConfig(
         models=tuple(
             GatewayModel(
@@ -49,18 +54,19 @@ def gateway_config(models: list[BuiltModel], settings: Settings) -> GatewayConfi
             )
             for m in models
         ),
-        dev_api_key=settings.dev_api_key,
+        dev_api_key=None if secrets_from_environment else settings.dev_api_key,
         max_request_bytes=gw.max_request_bytes,
         request_timeout_s=gw.request_timeout_s,
         max_messages=gw.max_messages,
         ready_timeout_s=gw.ready_timeout_s,
         auth_failures_per_minute=gw.auth_failures_per_minute,
-        admin_token=settings.admin_token,
+        admin_token=None if secrets_from_environment else settings.admin_token,
         keystore=settings.keystore,
         keystore_path=str(settings.keystore_path),
-        quotas=settings.quotas,
+        quotas=quotas,
         audit_sink=settings.audit_sink,
         metrics_port=gw.metrics_port,
+        secrets_from_environment=secrets_from_environment,
     )
 
 
@@ -69,6 +75,7 @@ def build_application(
     settings: Settings,
     *,
     engine_cls: type | None = None,
+    secrets_from_environment: bool = False,
 ) -> Application:
     """The whole app. ``engine_cls`` swaps vLLM for another engine (the fake in tests)."""
     bind_kwargs: dict[str, Any] = {"engine_cls": engine_cls} if engine_cls else {}
@@ -88,4 +95,5 @@ def build_application(
         ray_actor_options=actor_options,
         max_ongoing_requests=10_000,
     )
-    return gateway.bind(gateway_config(models, settings), handles)
+    config = gateway_config(models, settings, secrets_from_environment=secrets_from_environment)
+    return gateway.bind(config, handles)

@@ -2,7 +2,9 @@
 
 Ray Serve calls :func:`build_app` with the config's ``args`` (see
 :mod:`llmplat.serving.serve_config`) on a node of the cluster. Settings come from that pod's
-environment (``LLMPLAT_*``, set by the Helm chart from its ConfigMap and Secrets).
+environment (``LLMPLAT_*``, set by the Helm chart from its ConfigMap). Secrets are not
+needed here and not passed on: each gateway replica reads them from files mounted into the
+gateway's pods only, and applies the declared teams (see :mod:`gateway_deployment`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from llmplat.settings import Settings
 log = logging.getLogger("llmplat.entrypoint")
 
 
-def apply_teams_file(settings: Settings) -> None:
+def apply_teams_file(settings: Settings) -> None:  # called by each gateway replica
     """Create or update the teams the chart declares (``LLMPLAT_TEAMS_FILE``)."""
     if settings.teams_file is None:
         return
@@ -39,7 +41,6 @@ def build_app(args: dict[str, Any]) -> Application:
     """Gateway + one LLMServer deployment per profile, as ``llmplat serve`` builds them."""
     settings = Settings()
     spec = ServeAppArgs.model_validate(args)
-    apply_teams_file(settings)
     platform = LoadedPlatform(path=Path("serveConfigV2"), profiles=tuple(spec.profiles))
     models = build_models(platform, settings, progress=log.info)
-    return build_application(models, settings)
+    return build_application(models, settings, secrets_from_environment=True)

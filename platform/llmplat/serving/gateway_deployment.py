@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import ServeBackend
 from llmplat.gateway.state import GatewayConfig
+from llmplat.settings import Settings
 
 
 @serve.ingress()
@@ -21,6 +23,8 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, models: dict[str, Any]) -> None:
         logging.getLogger("llmplat").setLevel(logging.INFO)
+        if config.secrets_from_environment:
+            config = with_own_secrets(config)
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
         self._state = assemble_state(config, backends)
         self._state.status = serve_status
@@ -30,6 +34,18 @@ class Gateway:
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)
+
+
+def with_own_secrets(config: GatewayConfig) -> GatewayConfig:
+    """The admin token and Redis URL from this pod (``LLMPLAT_*_FILE`` mounts); declared
+    teams applied with this pod's key-store permissions."""
+    from llmplat.serving.entrypoint import apply_teams_file
+
+    settings = Settings()
+    settings.check_quota_store()
+    apply_teams_file(settings)
+    quotas = config.quotas.model_copy(update={"redis_url": settings.quotas.redis_url})
+    return dataclasses.replace(config, admin_token=settings.admin_token, quotas=quotas)
 
 
 def serve_status() -> dict[str, Any]:

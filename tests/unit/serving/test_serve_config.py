@@ -68,8 +68,8 @@ def test_build_app_builds_what_llmplat_serve_builds(
         monkeypatch.setenv(key, value)
     built: dict[str, Any] = {}
 
-    def capture(models, settings):
-        built.update(models=models, settings=settings)
+    def capture(models, settings, *, secrets_from_environment):
+        built.update(models=models, settings=settings, secrets=secrets_from_environment)
         return "application"
 
     monkeypatch.setattr(entrypoint, "build_application", capture)
@@ -82,7 +82,42 @@ def test_build_app_builds_what_llmplat_serve_builds(
     expected = build_llm_config(profile, settings, str(weights))
     assert model.llm_config.model_dump() == expected.model_dump()
     assert model.llm_config.engine_kwargs["tensor_parallel_size"] == 8
-    # the declared team was applied to the key store on the way
-    from llmplat.auth.file_store import FileKeyStore
+    # The head builds without secrets: each gateway replica reads its own and applies the
+    # declared teams (with_own_secrets), so nothing was written to the key store here.
+    assert built["secrets"] is True
+    assert not (tmp_path / "keys.yaml").exists()
 
+
+def test_gateway_replica_reads_its_own_secrets_and_applies_teams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmplat.auth.file_store import FileKeyStore
+    from llmplat.gateway.state import GatewayConfig
+    from llmplat.serving.builder import gateway_config
+    from llmplat.serving.gateway_deployment import with_own_secrets
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "admin-token").write_text("a" * 40 + "\n")
+    (secrets / "redis-url").write_text("redis://llmplat:pw@redis:6379/0\n")
+    teams = tmp_path / "teams.yaml"
+    teams.write_text("teams:\n  - {name: ci, priority_class: batch, max_tokens_cap: 64}\n")
+    for key, value in {
+        "LLMPLAT_HOME": str(tmp_path / "home"),
+        "LLMPLAT_MODE": "production",
+        "LLMPLAT_QUOTAS__BACKEND": "redis",
+        "LLMPLAT_TEAMS_FILE": str(teams),
+        "LLMPLAT_KEYSTORE__PATH": str(tmp_path / "keys.yaml"),
+    }.items():
+        monkeypatch.setenv(key, value)
+    head = Settings()  # the head pod: no secret files
+    config = gateway_config([], head, secrets_from_environment=True)
+    assert isinstance(config, GatewayConfig) and config.admin_token is None
+    assert config.quotas.redis_url is None and "pw" not in repr(config)
+    monkeypatch.setenv("LLMPLAT_ADMIN_TOKEN_FILE", str(secrets / "admin-token"))
+    monkeypatch.setenv("LLMPLAT_QUOTAS__REDIS_URL_FILE", str(secrets / "redis-url"))
+    own = with_own_secrets(config)  # in a gateway pod
+    assert own.admin_token is not None and own.admin_token.get_secret_value() == "a" * 40
+    assert own.quotas.redis_url is not None
+    assert own.quotas.redis_url.get_secret_value() == "redis://llmplat:pw@redis:6379/0"
     assert FileKeyStore(tmp_path / "keys.yaml").load().teams["ci"].max_tokens_cap == 64
