@@ -41,11 +41,17 @@ app.kubernetes.io/component: ray
 llmplat.io/role: {{ .role }}
 {{- end }}
 
+{{/* The ServiceAccount of one role's pods (.role: head, gateway or model). */}}
 {{- define "llmplat.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
-{{- default (include "llmplat.fullname" .) .Values.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- printf "%s-%s" (default (include "llmplat.fullname" .root) .root.Values.serviceAccount.name) .role }}
+{{- end }}
+
+{{/* Whether a role's pods mount an API token: the gateway (key store), the head only for the
+autoscaler (KubeRay binds its autoscaler Role to the head's account), model pods never. */}}
+{{- define "llmplat.automountToken" -}}
+{{- if eq .role "gateway" }}true
+{{- else if eq .role "head" }}{{ .root.Values.autoscaler.enabled }}
+{{- else }}false
 {{- end }}
 {{- end }}
 
@@ -63,6 +69,16 @@ llmplat.io/role: {{ .role }}
 {{- else }}
 {{- printf "%s:%s" $ref (default (printf "%s-%s" .Chart.AppVersion .Values.modelWorkers.kind) $img.tag) }}
 {{- end }}
+{{- end }}
+
+{{- define "llmplat.rayTokenSecretName" -}}
+{{- default (printf "%s-ray-token" (include "llmplat.fullname" .)) .Values.rayAuth.existingSecret }}
+{{- end }}
+
+{{/* The Redis ACL of the gateway's user, past its name and password (files/redis-quota-acl.txt:
+the quota store's commands and keys; tests start a real Redis with it). */}}
+{{- define "llmplat.redisQuotaAcl" -}}
+{{- .Files.Get "files/redis-quota-acl.txt" | trim }}
 {{- end }}
 
 {{- define "llmplat.redisImage" -}}
@@ -134,6 +150,11 @@ value to change.
 {{- end }}
 {{- if and (gt (int .Values.gateway.replicas) 1) (not (include "llmplat.redisUrlSecretName" .)) }}
 {{- fail (printf "gateway.replicas is %v: several gateway replicas share quotas through Redis; set redis.enabled=true or externalRedis.url / externalRedis.existingSecret" .Values.gateway.replicas) }}
+{{- end }}
+{{- range $i, $peer := .Values.networkPolicy.gatewayFrom }}
+{{- if and (hasKey $peer "namespaceSelector") (not $peer.namespaceSelector) }}
+{{- fail (printf "networkPolicy.gatewayFrom[%d] has an empty namespaceSelector (every namespace): name the namespace (matchLabels kubernetes.io/metadata.name)" $i) }}
+{{- end }}
 {{- end }}
 {{- $storage := .Values.model.storage }}
 {{- $mount := trimSuffix "/" $storage.mountPath }}

@@ -1,4 +1,5 @@
-{{/* Environment of every Ray container: llmplat settings, secrets, Ray tuning. */}}
+{{/* Environment of every Ray container: llmplat settings, no secrets (those are files, in the
+gateway pods only: llmplat.gatewaySecrets*). */}}
 {{- define "llmplat.rayEnv" -}}
 - name: LLMPLAT_KEYSTORE__NAMESPACE
 {{- if .Values.keyStore.namespace }}
@@ -8,18 +9,41 @@
     fieldRef:
       fieldPath: metadata.namespace
 {{- end }}
-- name: LLMPLAT_ADMIN_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "llmplat.adminSecretName" . }}
-      key: {{ .Values.adminToken.existingSecretKey }}
-{{- with include "llmplat.redisUrlSecretName" . }}
-- name: LLMPLAT_QUOTAS__REDIS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ . }}
-      key: {{ include "llmplat.redisUrlSecretKey" $ }}
 {{- end }}
+
+{{- define "llmplat.secretsDir" -}}
+/var/run/llmplat/secrets
+{{- end }}
+
+{{/* The gateway reads its secrets from files (LLMPLAT_X_FILE holds the value of LLMPLAT_X). */}}
+{{- define "llmplat.gatewaySecretsEnv" -}}
+- name: LLMPLAT_ADMIN_TOKEN_FILE
+  value: {{ include "llmplat.secretsDir" . }}/admin-token
+{{- if include "llmplat.redisUrlSecretName" . }}
+- name: LLMPLAT_QUOTAS__REDIS_URL_FILE
+  value: {{ include "llmplat.secretsDir" . }}/redis-url
+{{- end }}
+{{- end }}
+
+{{/* The admin token and the Redis URL, owner-read-only (the pod's fsGroup adds group read for
+its runAsUser's group, as Kubernetes does for every secret volume with an fsGroup). */}}
+{{- define "llmplat.gatewaySecretsVolume" -}}
+- name: llmplat-secrets
+  projected:
+    defaultMode: 0400
+    sources:
+      - secret:
+          name: {{ include "llmplat.adminSecretName" . }}
+          items:
+            - key: {{ .Values.adminToken.existingSecretKey }}
+              path: admin-token
+      {{- with include "llmplat.redisUrlSecretName" . }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ include "llmplat.redisUrlSecretKey" $ }}
+              path: redis-url
+      {{- end }}
 {{- end }}
 
 {{- define "llmplat.rayEnvFrom" -}}
@@ -61,6 +85,7 @@ readinessProbe:
 {{- end }}
 
 {{- define "llmplat.rayVolumeMounts" -}}
+{{- $root := .root }}
 - name: tmp
   mountPath: /tmp
 - name: home
@@ -70,9 +95,14 @@ readinessProbe:
 - name: teams
   mountPath: /etc/llmplat
   readOnly: true
-{{- if ne .Values.model.storage.type "none" }}
+{{- if ne $root.Values.model.storage.type "none" }}
 - name: models
-  mountPath: {{ .Values.model.storage.mountPath }}
+  mountPath: {{ $root.Values.model.storage.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if eq .role "gateway" }}
+- name: llmplat-secrets
+  mountPath: {{ include "llmplat.secretsDir" $root }}
   readOnly: true
 {{- end }}
 {{- end }}
@@ -100,6 +130,9 @@ readinessProbe:
   hostPath:
     path: {{ $s.hostPath }}
     type: Directory
+{{- end }}
+{{- if eq .role "gateway" }}
+{{ include "llmplat.gatewaySecretsVolume" .root }}
 {{- end }}
 {{- end }}
 
@@ -138,7 +171,8 @@ initContainers:
 {{- define "llmplat.rayPodSpec" -}}
 {{- $root := .root }}
 {{- $V := $root.Values -}}
-serviceAccountName: {{ include "llmplat.serviceAccountName" $root }}
+serviceAccountName: {{ include "llmplat.serviceAccountName" (dict "root" $root "role" .role) }}
+automountServiceAccountToken: {{ include "llmplat.automountToken" (dict "root" $root "role" .role) }}
 securityContext:
   {{- include "llmplat.podSecurityContext" $root | nindent 2 }}
 {{- with $V.imagePullSecrets }}
@@ -154,6 +188,9 @@ containers:
       {{- toYaml .ports | nindent 6 }}
     env:
       {{- include "llmplat.rayEnv" $root | nindent 6 }}
+      {{- if eq .role "gateway" }}
+      {{- include "llmplat.gatewaySecretsEnv" $root | nindent 6 }}
+      {{- end }}
     envFrom:
       {{- include "llmplat.rayEnvFrom" $root | nindent 6 }}
     resources:
@@ -162,9 +199,9 @@ containers:
       {{- include "llmplat.containerSecurityContext" $root | nindent 6 }}
     {{- include "llmplat.rayProbes" (dict "root" $root "role" .role) | nindent 4 }}
     volumeMounts:
-      {{- include "llmplat.rayVolumeMounts" $root | nindent 6 }}
+      {{- include "llmplat.rayVolumeMounts" (dict "root" $root "role" .role) | nindent 6 }}
 volumes:
-  {{- include "llmplat.rayVolumes" (dict "root" $root "shm" .shm) | nindent 2 }}
+  {{- include "llmplat.rayVolumes" (dict "root" $root "shm" .shm "role" .role) | nindent 2 }}
 {{- with .nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
