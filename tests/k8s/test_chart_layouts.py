@@ -115,7 +115,7 @@ def test_ray_pods_are_locked_down_and_probed(rendered, case: str) -> None:
         assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
         image = c["image"]
         assert image.endswith(("-cpu", "-gpu")) and ":latest" not in image
-        assert spec["serviceAccountName"] == "llmplat"
+        assert spec["serviceAccountName"] == f"llmplat-{role}"
     autoscaler = rs["spec"]["rayClusterConfig"].get("autoscalerOptions")
     if autoscaler:
         assert autoscaler["securityContext"]["readOnlyRootFilesystem"]
@@ -168,16 +168,28 @@ def test_settings_reach_the_pods(rendered) -> None:
     assert dev["LLMPLAT_QUOTAS__BACKEND"] == "memory" and dev["LLMPLAT_GATEWAY__REPLICAS"] == "1"
     assert dev["LLMPLAT_CPU__OMP_THREADS_BIND"] == "0-1"
     rs = chart.find(rendered["h100x8"], "RayService")
-    _, _, head = containers(rs)[0]
-    env_vars = {e["name"]: e for e in head["env"]}
-    assert env_vars["LLMPLAT_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "llmplat-admin"
-    assert env_vars["LLMPLAT_QUOTAS__REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "llmplat-redis",
-        "key": "redis-url",
-    }
-    assert env_vars["LLMPLAT_KEYSTORE__NAMESPACE"]["valueFrom"]["fieldRef"] == {
-        "fieldPath": "metadata.namespace"
-    }
+    for role, spec, c in containers(rs):
+        env_vars = {e["name"]: e for e in c["env"]}
+        assert env_vars["LLMPLAT_KEYSTORE__NAMESPACE"]["valueFrom"]["fieldRef"] == {
+            "fieldPath": "metadata.namespace"
+        }
+        assert "LLMPLAT_ADMIN_TOKEN" not in env_vars
+        assert "LLMPLAT_QUOTAS__REDIS_URL" not in env_vars
+        if role != "gateway":
+            continue
+        # the gateway reads its secrets from files of a read-only secret volume
+        assert env_vars["LLMPLAT_ADMIN_TOKEN_FILE"]["value"] == (
+            "/var/run/llmplat/secrets/admin-token"
+        )
+        assert env_vars["LLMPLAT_QUOTAS__REDIS_URL_FILE"]["value"] == (
+            "/var/run/llmplat/secrets/redis-url"
+        )
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        sources = volumes["llmplat-secrets"]["projected"]["sources"]
+        assert [s["secret"] for s in sources] == [
+            {"name": "llmplat-admin", "items": [{"key": "admin-token", "path": "admin-token"}]},
+            {"name": "llmplat-redis", "items": [{"key": "redis-url", "path": "redis-url"}]},
+        ]
 
 
 def test_declared_teams_become_the_key_store_format(rendered_all_on) -> None:
@@ -198,8 +210,13 @@ def test_gateway_service_ingress_and_disruption_budget(rendered_all_on) -> None:
     svc = rs["spec"]["serveService"]
     assert svc["metadata"]["name"] == "llmplat-gateway"
     assert svc["spec"]["ports"] == [
-        {"name": "serve", "port": 8000, "targetPort": 8000, "protocol": "TCP"}
+        {"name": "serve", "port": 8000, "targetPort": "serve", "protocol": "TCP"}
     ]
+    # KubeRay's Service selects every worker pod: only the gateway pods declare the named port
+    # it targets, so model pods (whose 8000 is closed beyond the release) are no endpoints.
+    for role, _, c in containers(rs):
+        named = {p["name"] for p in c["ports"]}
+        assert ("serve" in named) == (role == "gateway")
     assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
     ingress = chart.find(docs, "Ingress")
     assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llmplat-tls"}]
@@ -211,19 +228,6 @@ def test_gateway_service_ingress_and_disruption_budget(rendered_all_on) -> None:
     assert not [d for d in rendered_all_on["dev-cpu"] if d["kind"] == "PodDisruptionBudget"]
 
 
-def test_only_the_gateway_port_is_open_beyond_the_namespace(rendered) -> None:
-    policy = chart.find(rendered["h100x8"], "NetworkPolicy", "llmplat-ray")
-    open_to_all = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
-    assert open_to_all == [{"ports": [{"port": 8000, "protocol": "TCP"}]}]
-    for rule in policy["spec"]["ingress"]:
-        for peer in rule.get("from", []):
-            if "namespaceSelector" in peer:  # other namespaces: named pods or monitoring only
-                assert {p["port"] for p in rule["ports"]} <= {8080, 8265, 9091, 52365}
-    redis = chart.find(rendered["h100x8"], "NetworkPolicy", "llmplat-redis")
-    (rule,) = redis["spec"]["ingress"]
-    assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ray"
-
-
 def test_key_store_rbac_is_limited_to_secrets_of_one_namespace(rendered) -> None:
     docs = rendered["h100x8"]
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
@@ -232,12 +236,12 @@ def test_key_store_rbac_is_limited_to_secrets_of_one_namespace(rendered) -> None
         {
             "apiGroups": [""],
             "resources": ["secrets"],
-            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            "verbs": ["get", "list", "watch", "create", "update", "delete"],
         }
     ]
     binding = chart.find(docs, "RoleBinding")
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "llmplat", "namespace": "llmplat"}
+        {"kind": "ServiceAccount", "name": "llmplat-gateway", "namespace": "llmplat"}
     ]
     separate = chart.render(overrides={"keyStore": {"namespace": "llmplat-keys"}})
     assert chart.find(separate, "Role")["metadata"]["namespace"] == "llmplat-keys"
@@ -248,6 +252,7 @@ def test_redis_secret_never_appears_in_env_or_args(rendered) -> None:
     (redis,) = deployment["spec"]["template"]["spec"]["containers"]
     assert "env" not in redis
     assert "/run/secrets/redis/password" in redis["args"][0]
+    assert "user default off" in redis["args"][0]
     assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     secret = chart.find(rendered["h100x8"], "Secret", "llmplat-redis")
     assert set(secret["data"]) == {"password", "redis-url"}

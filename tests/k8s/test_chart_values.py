@@ -30,6 +30,12 @@ from support import chart
         ({"modelWorkers": {"kind": "tpu"}}, "/modelWorkers/kind"),
         ({"head": {"resources": {"requests": {"cpu": "two"}}}}, "/head/resources/requests/cpu"),
         ({"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled"),
+        ({"networkPolicy": {"monitoringNamespace": "Mon itoring"}}, "/networkPolicy/monitoringNamespace"),
+        (
+            {"networkPolicy": {"egress": {"apiServerCIDRs": ["10.0.0.1"]}}},
+            "/networkPolicy/egress/apiServerCIDRs/0",
+        ),
+        ({"rayAuth": {"enabled": "yes"}}, "/rayAuth/enabled"),
         ({"quotas": {"onStoreError": "ajar"}}, "/quotas/onStoreError"),
         ({"externalRedis": {"url": "http://redis:6379"}}, "/externalRedis/url"),
         ({"podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
@@ -84,6 +90,11 @@ def test_every_values_file_passes_the_schema() -> None:
             "modelWorkers.minReplicas (3) exceeds modelWorkers.maxReplicas (2)",
         ),
         ((), {"serveConfig": {"applications": []}}, "/serveConfig/applications"),
+        (
+            (),
+            {"networkPolicy": {"gatewayFrom": [{"namespaceSelector": {}}]}},
+            "networkPolicy.gatewayFrom[0] has an empty namespaceSelector (every namespace)",
+        ),
     ],
 )
 def test_layouts_that_cannot_run_are_refused(files, overrides, message: str) -> None:
@@ -106,25 +117,35 @@ def test_external_redis_and_existing_secrets() -> None:
             "adminToken": {"existingSecret": "corp-admin"},
         }
     )
-    assert [d["metadata"]["name"] for d in existing if d["kind"] == "Secret"] == []
-    head = chart.find(existing, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
-    env = {e["name"]: e for e in head["template"]["spec"]["containers"][0]["env"]}
-    assert env["LLMPLAT_QUOTAS__REDIS_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "corp-redis",
-        "key": "url",
-    }
-    assert env["LLMPLAT_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "corp-admin"
+    assert [d["metadata"]["name"] for d in existing if d["kind"] == "Secret"] == [
+        "llmplat-ray-token"
+    ]
+    cluster = chart.find(existing, "RayService")["spec"]["rayClusterConfig"]
+    gateway = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == "gateway")
+    volumes = {v["name"]: v for v in gateway["template"]["spec"]["volumes"]}
+    assert [s["secret"] for s in volumes["llmplat-secrets"]["projected"]["sources"]] == [
+        {"name": "corp-admin", "items": [{"key": "admin-token", "path": "admin-token"}]},
+        {"name": "corp-redis", "items": [{"key": "url", "path": "redis-url"}]},
+    ]
+    own_token = chart.render(overrides={"rayAuth": {"existingSecret": "corp-ray"}})
+    assert "llmplat-ray-token" not in [d["metadata"]["name"] for d in own_token]
+    auth = chart.find(own_token, "RayService")["spec"]["rayClusterConfig"]["authOptions"]
+    assert auth == {"mode": "token", "secretName": "corp-ray"}
 
 
 def test_generated_secrets_are_long_and_random() -> None:
     import base64
 
-    tokens = set()
+    tokens, ray_tokens = set(), set()
     for _ in range(2):
         docs = chart.render()
         admin = chart.find(docs, "Secret", "llmplat-admin")["data"]["admin-token"]
         tokens.add(base64.b64decode(admin).decode())
-        assert chart.find(docs, "Secret", "llmplat-admin")["metadata"]["annotations"] == {
-            "helm.sh/resource-policy": "keep"
-        }
+        ray = chart.find(docs, "Secret", "llmplat-ray-token")["data"]["auth_token"]
+        ray_tokens.add(base64.b64decode(ray).decode())
+        for name in ("llmplat-admin", "llmplat-ray-token"):
+            assert chart.find(docs, "Secret", name)["metadata"]["annotations"] == {
+                "helm.sh/resource-policy": "keep"
+            }
     assert len(tokens) == 2 and all(len(t) >= 50 for t in tokens)
+    assert len(ray_tokens) == 2 and all(len(t) == 64 and t.isalnum() for t in ray_tokens)
