@@ -48,12 +48,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers_ping(port: int, password: str | None) -> bool:
+def _answers_ping(port: int, password: str | None, username: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.settimeout(0.5)
             if password is not None:
-                s.sendall(_command("AUTH", password))
+                user = (username,) if username else ()
+                s.sendall(_command("AUTH", *user, password))
                 if not s.recv(64).startswith(b"+OK"):
                     return False
             s.sendall(_command("PING"))
@@ -80,10 +81,11 @@ class RedisServer:
     workdir: Path
     _process: subprocess.Popen[bytes] = field(repr=False)
     _tmp: tempfile.TemporaryDirectory[str] = field(repr=False)
+    username: str | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password is not None else ""
+        auth = f"{self.username or ''}:{self.password}@" if self.password is not None else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
@@ -108,8 +110,15 @@ class RedisServer:
         self._tmp.cleanup()
 
 
-def start_redis_server(*, password: str | None = None, attempts: int = 3) -> RedisServer:
-    """Start ``redis-server`` on a free loopback port and wait until it answers PING."""
+def start_redis_server(
+    *,
+    password: str | None = None,
+    attempts: int = 3,
+    username: str | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> RedisServer:
+    """Start ``redis-server`` on a free loopback port and wait until it answers PING
+    (as ``username`` when given: e.g. an ACL user set up by ``extra_args``)."""
     binary = redis_server_binary()
     last_log = ""
     for _ in range(attempts):
@@ -127,8 +136,9 @@ def start_redis_server(*, password: str | None = None, attempts: int = 3) -> Red
             "--daemonize", "no",
             "--databases", "1",
         ]  # fmt: skip
-        if password is not None:
+        if password is not None and username is None:
             args += ["--requirepass", password]
+        args += list(extra_args)
         process = subprocess.Popen(
             args,
             cwd=workdir,
@@ -136,11 +146,11 @@ def start_redis_server(*, password: str | None = None, attempts: int = 3) -> Red
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        server = RedisServer(port, process.pid, password, workdir, process, tmp)
+        server = RedisServer(port, process.pid, password, workdir, process, tmp, username)
         atexit.register(server.stop)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
-            if _answers_ping(port, password):
+            if _answers_ping(port, password, username):
                 return server
             time.sleep(0.05)
         last_log = server.log
