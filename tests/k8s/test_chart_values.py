@@ -30,7 +30,10 @@ from support import chart
         ({"modelWorkers": {"kind": "tpu"}}, "/modelWorkers/kind"),
         ({"head": {"resources": {"requests": {"cpu": "two"}}}}, "/head/resources/requests/cpu"),
         ({"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled"),
-        ({"networkPolicy": {"monitoringNamespace": "Mon itoring"}}, "/networkPolicy/monitoringNamespace"),
+        (
+            {"networkPolicy": {"monitoringNamespace": "Mon itoring"}},
+            "/networkPolicy/monitoringNamespace",
+        ),
         (
             {"networkPolicy": {"egress": {"apiServerCIDRs": ["10.0.0.1"]}}},
             "/networkPolicy/egress/apiServerCIDRs/0",
