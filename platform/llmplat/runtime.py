@@ -104,9 +104,13 @@ def ray_environment(settings: Settings) -> dict[str, str]:
 
 def prepare_environment(settings: Settings) -> None:
     """Export Ray's variables; call before importing ray.serve (it reads them at import)."""
+    env = ray_environment(settings)
     if settings.ray_address is None:
         ensure_ray_token(settings)
-    export_defaults(ray_environment(settings))
+        # This home's token, even when the environment names another platform's (a second
+        # platform started from the same shell or process).
+        os.environ["RAY_AUTH_TOKEN_PATH"] = env.pop("RAY_AUTH_TOKEN_PATH")
+    export_defaults(env)
 
 
 def user_ports(settings: Settings) -> list[int]:
