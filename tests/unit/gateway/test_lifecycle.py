@@ -268,6 +268,22 @@ async def test_shutdown_finishes_running_streams(gateway, state, records, engine
     assert len(records) == 1 and records[0].status == 503
 
 
+async def test_a_stream_outliving_its_lease_keeps_its_slot(gateway, state, records, engine) -> None:
+    """Leases are renewed at half their term while the stream lives: a 2 s stream under a
+    0.4 s lease stays counted in flight to the end, and frees its slot when it ends."""
+    state.quotas.lease_s = 0.4
+    engine.token_delay_s = 0.02
+    principal = await state.authenticator.authenticate(f"Bearer {DEV_KEY}")
+    task = asyncio.ensure_future(_run(gateway, _body(stream=True, max_tokens=100)))
+    await asyncio.sleep(1.5)  # several lease terms in
+    assert not task.done()
+    [usage] = await state.quotas.usage(principal)
+    assert usage.in_flight == 1
+    await task
+    await check_invariants(state, records, 1)
+    assert records[0].status == 200
+
+
 async def test_engine_request_id_is_always_the_gateways(gateway, state, engine) -> None:
     await _run(gateway, _body(request_id="../../evil\nline"))  # refused: not a client field
     client = Client()
