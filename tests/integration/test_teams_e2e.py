@@ -7,6 +7,7 @@ import json
 import statistics
 import subprocess
 import time
+import uuid
 
 import httpx
 import openai
@@ -103,6 +104,7 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
     priority scheduling). The probes go out only once the gateway has more of the flood in
     flight than the engine has slots, i.e. once a queue exists."""
     ci, ide = _client(live, "ci"), _client(live, "ide")
+    run = uuid.uuid4().hex[:8]
     flood = [
         asyncio.create_task(
             ci.completions.create(
@@ -110,7 +112,9 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
                 prompt=f"batch job {i}",
                 max_tokens=8 + (i * 7) % 57,  # mixed lengths: slots keep freeing up
                 extra_body=NO_EOS,
-            )
+                extra_headers={"x-request-id": f"flood-{run}-{i}"},
+            ),
+            name=f"flood-{run}-{i}",
         )
         for i in range(FLOOD)
     ]
@@ -138,11 +142,14 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
     )
     assert interactive < 0.5 * batch
     if pending:  # every request is answered: a lost response fails the suite (issue 12)
+        # Diagnosed before cancelling (cancelling closes the connections): the server's
+        # view of each unanswered request, the gateway's gauge and the sockets.
+        ids = sorted(t.get_name() for t in pending)
+        diagnosis = await _diagnose(live, ids)
         for task in pending:
             task.cancel()
         raise AssertionError(
-            f"{len(pending)} of {len(flood)} flood requests unanswered after 180 s; "
-            + await _diagnose(live)
+            f"{len(pending)} of {len(flood)} flood requests unanswered after 180 s; {diagnosis}"
         )
 
 
@@ -167,20 +174,31 @@ async def _engine_queue(live, *, at_least: int, timeout_s: float) -> int:
     raise AssertionError(f"the flood never queued {at_least} requests in the engine ({waiting})")
 
 
-async def _diagnose(live) -> str:
+async def _diagnose(live, request_ids: list[str] | None = None) -> str:
     """What the gateway audited and what the engine still holds, for a failure message."""
     lines = [json.loads(x) for x in (live.home / "audit.log").read_text().splitlines()]
     ci = [x for x in lines if x["team"] == "ci"]
     statuses = {s: sum(1 for x in ci if x["status"] == s) for s in {x["status"] for x in ci}}
+    by_id = {x["request_id"]: x for x in lines}
+    keep = ("time", "status", "bytes", "latency_ms", "prompt_tokens", "completion_tokens")
+    audited = {
+        rid: {k: by_id[rid].get(k) for k in keep} if rid in by_id else "no audit line"
+        for rid in request_ids or []
+    }
     async with httpx.AsyncClient() as http:
         text = (await http.get(live.engine_metrics_url)).text
+        gateway = (await http.get(f"{live.url}/metrics")).text
     gauges = [
         line
         for line in text.splitlines()
         if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
         or line.startswith("ray_vllm_num_requests")
     ]
-    return f"audit (team ci) statuses {statuses}; engine: {gauges}; sockets: {_sockets(live)}"
+    in_flight = [x for x in gateway.splitlines() if x.startswith("llmplat_requests_in_flight")]
+    return (
+        f"unanswered: {audited}; audit (team ci) statuses {statuses}; gateway in flight: "
+        f"{in_flight}; engine: {gauges}; sockets: {_sockets(live)}"
+    )
 
 
 def _sockets(live) -> str:
