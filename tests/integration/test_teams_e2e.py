@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import statistics
 import subprocess
@@ -146,6 +147,10 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
         # view of each unanswered request, the gateway's gauge and the sockets.
         ids = sorted(t.get_name() for t in pending)
         diagnosis = await _diagnose(live, ids)
+        where = io.StringIO()  # where each unanswered request's client code waits
+        for task in pending:
+            task.print_stack(limit=30, file=where)
+        diagnosis += "\nclient stacks:\n" + where.getvalue()
         for task in pending:
             task.cancel()
         raise AssertionError(
@@ -217,7 +222,18 @@ def _sockets(live) -> str:
         if recv_q != "0" or send_q != "0":
             rows.append(f"{side} {local}->{peer} recv_q={recv_q} send_q={send_q}")
     total = len(out.splitlines()) - 1
-    return f"{total} established, with queued bytes: {rows or 'none'}"
+    other = subprocess.run(  # connections to the port in any other state (CLOSE-WAIT, ...)
+        ["ss", "-tan", f"( sport = :{port} or dport = :{port} )"],
+        capture_output=True, text=True, check=False,
+    ).stdout.splitlines()[1:]  # fmt: skip
+    states: dict[str, int] = {}
+    for line in other:
+        states[line.split()[0]] = states.get(line.split()[0], 0) + 1
+    odd = [" ".join(x.split()[:5]) for x in other if x.split()[0] not in ("ESTAB", "LISTEN")]
+    return (
+        f"{total} established, with queued bytes: {rows or 'none'}; by state {states}; "
+        f"not established: {odd[:20]}"
+    )
 
 
 def _auth(live, team: str) -> dict[str, str]:
