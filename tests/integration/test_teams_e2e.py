@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import statistics
 import subprocess
@@ -147,15 +146,29 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
         # view of each unanswered request, the gateway's gauge and the sockets.
         ids = sorted(t.get_name() for t in pending)
         diagnosis = await _diagnose(live, ids)
-        where = io.StringIO()  # where each unanswered request's client code waits
-        for task in pending:
-            task.print_stack(limit=30, file=where)
-        diagnosis += "\nclient stacks:\n" + where.getvalue()
+        stacks = "\n".join(f"{t.get_name()}: {_awaiting(t)}" for t in sorted(pending, key=str))
+        diagnosis += "\nwhere each client waits:\n" + stacks
         for task in pending:
             task.cancel()
         raise AssertionError(
             f"{len(pending)} of {len(flood)} flood requests unanswered after 180 s; {diagnosis}"
         )
+
+
+def _awaiting(task: asyncio.Task) -> str:
+    """The chain of coroutines a pending task is suspended in, innermost last."""
+    frames = []
+    obj = task.get_coro()
+    while obj is not None:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is None:
+            frames.append(repr(obj)[:120])
+            break
+        frames.append(
+            f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}"
+        )
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None)
+    return " -> ".join(frames)
 
 
 async def _engine_queue(live, *, at_least: int, timeout_s: float) -> int:
