@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
@@ -147,12 +149,35 @@ async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> No
         ids = sorted(t.get_name() for t in pending)
         diagnosis = await _diagnose(live, ids)
         stacks = "\n".join(f"{t.get_name()}: {_awaiting(t)}" for t in sorted(pending, key=str))
-        diagnosis += "\nwhere each client waits:\n" + stacks
+        diagnosis += "\nwhere each client waits:\n" + stacks + "\n" + _selector_state()
         for task in pending:
             task.cancel()
         raise AssertionError(
             f"{len(pending)} of {len(flood)} flood requests unanswered after 180 s; {diagnosis}"
         )
+
+
+def _selector_state() -> str:
+    """File descriptors this event loop's selector believes it watches but the kernel's
+    epoll set does not hold (a socket closed behind the selector's back, its number reused):
+    a reader registered there never wakes up."""
+    selector = getattr(asyncio.get_running_loop(), "_selector", None)
+    epoll = getattr(selector, "_selector", None)
+    if selector is None or epoll is None or not hasattr(epoll, "fileno"):
+        return "selector: not an epoll selector"
+    info = Path(f"/proc/self/fdinfo/{epoll.fileno()}").read_text().splitlines()
+    kernel = {int(line.split()[1]) for line in info if line.startswith("tfd:")}
+    known = set(selector.get_map())
+    socks = {}
+    for fd in known - kernel:
+        try:
+            socks[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            socks[fd] = "closed"
+    return (
+        f"selector: {len(known)} fds registered, {len(kernel)} in the kernel's epoll set; "
+        f"registered but not in epoll: {socks}; in epoll only: {sorted(kernel - known)[:20]}"
+    )
 
 
 def _awaiting(task: asyncio.Task) -> str:
