@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import pytest_asyncio
 
 from llmplat.settings import Settings
 from support import MODEL
@@ -235,12 +236,15 @@ def _cli_team_key(team: str, flags: list[str], env: dict[str, str]) -> str:
     return out.strip()
 
 
-@pytest.fixture
-async def client(live: LivePlatform) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=live.key, base_url=live.base_url, max_retries=0, timeout=300)
+@pytest_asyncio.fixture(loop_scope="function")
+async def client(live: LivePlatform) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        api_key=live.key, base_url=live.base_url, max_retries=0, timeout=300
+    ) as c:
+        yield c
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="function")
 async def http(live: LivePlatform):
     async with httpx.AsyncClient(base_url=live.url, timeout=300) as c:
         yield c

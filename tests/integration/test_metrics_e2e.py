@@ -16,7 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import MODEL
 
-pytestmark = pytest.mark.integration
+# A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio(loop_scope="function"),
+    pytest.mark.filterwarnings(
+        "ignore:.*marked with '@pytest.mark.asyncio' but it is not an async"
+    ),
+]
 
 
 def _sum(text: str, name: str, **labels: str) -> float:
@@ -29,10 +36,12 @@ def _sum(text: str, name: str, **labels: str) -> float:
 
 
 async def test_gateway_token_counters_equal_client_usage(live) -> None:
-    client = openai.AsyncOpenAI(
-        api_key=live.team_keys["ide"], base_url=live.base_url, max_retries=0, timeout=300
-    )
-    async with httpx.AsyncClient(base_url=live.url) as http:
+    async with (
+        openai.AsyncOpenAI(
+            api_key=live.team_keys["ide"], base_url=live.base_url, max_retries=0, timeout=300
+        ) as client,
+        httpx.AsyncClient(base_url=live.url) as http,
+    ):
         before = (await http.get("/metrics")).text
         usages = []
         resp = await client.chat.completions.create(

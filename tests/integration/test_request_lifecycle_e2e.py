@@ -19,7 +19,8 @@ import pytest
 from support import MODEL
 from support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+# A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="function")]
 
 NO_EOS = {"ignore_eos": True}
 BURST = 256

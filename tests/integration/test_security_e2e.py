@@ -8,11 +8,15 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from llmplat.settings import Settings
 from support import MODEL
 
+pytestmark = pytest.mark.integration
 
+
+@pytest.mark.asyncio(loop_scope="function")  # a fresh loop: no client state shared by tests
 async def test_repeated_bad_keys_from_one_address_get_429(live) -> None:
     """From its own loopback address (127.0.0.2), so other tests' failures do not count."""
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")

@@ -16,7 +16,14 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from llmplat.session import autogroup_enabled, autogroup_nice
 from support import MODEL, V3_TOKENIZER
 
-pytestmark = pytest.mark.integration
+# A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio(loop_scope="function"),
+    pytest.mark.filterwarnings(
+        "ignore:.*marked with '@pytest.mark.asyncio' but it is not an async"
+    ),
+]
 
 NO_EOS = {"ignore_eos": True}  # random weights may sample EOS early; fix output lengths
 
@@ -152,13 +159,15 @@ async def test_prompt_longer_than_context_is_400(client) -> None:
 
 
 async def test_missing_and_wrong_key_are_401(live) -> None:
-    wrong = openai.AsyncOpenAI(api_key="llmp_wrong", base_url=live.base_url, max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        await wrong.models.list()
-    with pytest.raises(openai.AuthenticationError):
-        await wrong.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "x"}]
-        )
+    async with openai.AsyncOpenAI(
+        api_key="llmp_wrong", base_url=live.base_url, max_retries=0
+    ) as wrong:
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.models.list()
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}]
+            )
 
 
 async def _stream_tokens(client: openai.AsyncOpenAI, max_tokens: int) -> int:

@@ -9,31 +9,46 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import pytest_asyncio
 
 from llmplat.config.loader import load_profile
 from llmplat.settings import Settings
 from support import MODEL
 
-pytestmark = pytest.mark.integration
+# A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="function")]
 
 NO_EOS = {"ignore_eos": True}
 ENGINE_SLOTS = load_profile("tiny-mixtral-cpu", Settings().config_dir).engine.max_num_seqs
 FLOOD = 3 * ENGINE_SLOTS  # slots full and a queue twice as long behind them
 
 
-def _client(live, team: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        api_key=live.team_keys[team], base_url=live.base_url, max_retries=0, timeout=300
-    )
+@pytest_asyncio.fixture(loop_scope="function")
+async def team_client(live) -> AsyncIterator[Callable[[str], openai.AsyncOpenAI]]:
+    """``team_client(team)``: an SDK client with that team's key, closed after the test."""
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(team: str) -> openai.AsyncOpenAI:
+        made.append(
+            openai.AsyncOpenAI(
+                api_key=live.team_keys[team], base_url=live.base_url, max_retries=0, timeout=300
+            )
+        )
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
 
 
-async def test_team_key_generates_and_headers_report_limits(live) -> None:
-    raw = await _client(live, "ide").completions.with_raw_response.create(
+async def test_team_key_generates_and_headers_report_limits(live, team_client) -> None:
+    raw = await team_client("ide").completions.with_raw_response.create(
         model=MODEL, prompt="hello", max_tokens=4, extra_body=NO_EOS
     )
     assert raw.headers["x-ratelimit-limit-requests"] == "10000"
@@ -41,8 +56,10 @@ async def test_team_key_generates_and_headers_report_limits(live) -> None:
     assert raw.parse().usage.completion_tokens == 4
 
 
-async def test_quota_429_is_a_rate_limit_error_and_other_teams_unaffected(live) -> None:
-    small, ide = _client(live, "small"), _client(live, "ide")
+async def test_quota_429_is_a_rate_limit_error_and_other_teams_unaffected(
+    live, team_client
+) -> None:
+    small, ide = team_client("small"), team_client("ide")
     statuses = []
     for _ in range(5):
         try:
@@ -56,8 +73,8 @@ async def test_quota_429_is_a_rate_limit_error_and_other_teams_unaffected(live) 
     await ide.completions.create(model=MODEL, prompt="x", max_tokens=1)
 
 
-async def test_usage_endpoint_matches_what_clients_were_billed(live) -> None:
-    client = _client(live, "ci")
+async def test_usage_endpoint_matches_what_clients_were_billed(live, team_client) -> None:
+    client = team_client("ci")
     async with httpx.AsyncClient(base_url=live.url) as http:
         before = (await http.get("/v1/usage", headers=_auth(live, "ci"))).json()["usage"][0]
         resp = await client.chat.completions.create(
@@ -85,11 +102,12 @@ async def test_admin_api_creates_key_that_works_then_revocation_is_seen(live) ->
         assert time.monotonic() - t0 < 5
         denied = await http.get("/admin/teams", headers=_auth(live, "ide"))
         assert denied.status_code == 403
+        await client.close()
 
 
-async def test_audit_log_has_a_line_per_request_without_text(live) -> None:
+async def test_audit_log_has_a_line_per_request_without_text(live, team_client) -> None:
     marker = "zebra-crossing-audit-marker"
-    await _client(live, "ide").completions.create(model=MODEL, prompt=marker, max_tokens=2)
+    await team_client("ide").completions.create(model=MODEL, prompt=marker, max_tokens=2)
     path = live.home / "audit.log"
     for _ in range(50):
         lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -100,12 +118,12 @@ async def test_audit_log_has_a_line_per_request_without_text(live) -> None:
     assert marker not in path.read_text()
 
 
-async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live) -> None:
+async def test_interactive_priority_keeps_ttft_low_under_batch_flood(live, team_client) -> None:
     """A CI flood fills every engine slot and queues behind them; interactive requests still
     start quickly, while a batch request sent at the same moment waits behind the flood (vLLM
     priority scheduling). The probes go out only once the gateway has more of the flood in
     flight than the engine has slots, i.e. once a queue exists."""
-    ci, ide = _client(live, "ci"), _client(live, "ide")
+    ci, ide = team_client("ci"), team_client("ide")
     run = uuid.uuid4().hex[:8]
     flood = [
         asyncio.create_task(
