@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmplat.settings import Settings, export_defaults
+from llmplat.settings import Settings, export_defaults, export_values
 
 # Serve/Ray tuning for a gateway → engine path (see README, Benchmarks).
 RAY_ENV_DEFAULTS = {
@@ -109,7 +109,7 @@ def prepare_environment(settings: Settings) -> None:
         ensure_ray_token(settings)
         # This home's token, even when the environment names another platform's (a second
         # platform started from the same shell or process).
-        os.environ["RAY_AUTH_TOKEN_PATH"] = env.pop("RAY_AUTH_TOKEN_PATH")
+        export_values({"RAY_AUTH_TOKEN_PATH": env.pop("RAY_AUTH_TOKEN_PATH")})
     export_defaults(env)
 
 

@@ -388,6 +388,12 @@ def child_environment(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
+def export_values(values: dict[str, str]) -> None:
+    """Put ``values`` into this process's environment, replacing what is there: for
+    variables this platform owns (its Ray token file), read by processes started from here."""
+    os.environ.update(values)
+
+
 def export_defaults(defaults: dict[str, str]) -> None:
     """Put ``defaults`` into this process's environment where the user has not set them.
 
