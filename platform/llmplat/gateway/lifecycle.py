@@ -89,7 +89,6 @@ class RequestLifecycle:
         self.finished = False
         self.settlement: asyncio.Future[None] | None = None
         self._renewal: asyncio.TimerHandle | None = None
-        self._late_admission: asyncio.Future[Admitted] | None = None
         state.live.add(self)
 
     # -- admission and forwarding --------------------------------------------------------
@@ -104,7 +103,6 @@ class RequestLifecycle:
         try:
             self.admitted = await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._late_admission = task
             task.add_done_callback(self._release_late)
             raise
         self._schedule_renewal()

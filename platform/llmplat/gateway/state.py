@@ -135,7 +135,9 @@ class GatewayState:
     """Parses, encodes and counts large request bodies off the event loop."""
     pending: set[asyncio.Future[Any]] = field(default_factory=set)
     """Settlements and lease renewals still running (awaited at shutdown)."""
-    auth_throttle: FailedAuthThrottle = field(default_factory=lambda: FailedAuthThrottle(20))
+    auth_throttle: FailedAuthThrottle = field(
+        default_factory=lambda: FailedAuthThrottle(GatewayConfig.auth_failures_per_minute)
+    )
     """Failed authentications per client address (429 past the limit)."""
     live: set[Any] = field(default_factory=set)
     """Lifecycles of the generation requests not yet finished (ended at shutdown)."""
