@@ -23,20 +23,6 @@ from llmplat.settings import Settings
 log = logging.getLogger("llmplat.entrypoint")
 
 
-def apply_teams_file(settings: Settings) -> None:  # called by each gateway replica
-    """Create or update the teams the chart declares (``LLMPLAT_TEAMS_FILE``)."""
-    if settings.teams_file is None:
-        return
-    from llmplat.auth.admin import KeyAdmin
-    from llmplat.auth.declared import apply_declared_teams, load_declared_teams
-    from llmplat.stores import open_key_store
-
-    teams = load_declared_teams(settings.teams_file)
-    admin = KeyAdmin(open_key_store(settings.keystore, settings.keystore_path))
-    for team, outcome in apply_declared_teams(admin, teams).items():
-        log.info("declared team %s: %s", team, outcome)
-
-
 def build_app(args: dict[str, Any]) -> Application:
     """Gateway + one LLMServer deployment per profile, as ``llmplat serve`` builds them."""
     settings = Settings()

@@ -16,6 +16,8 @@ from llmplat.gateway.backends import ServeBackend
 from llmplat.gateway.state import GatewayConfig
 from llmplat.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 @serve.ingress()
 class Gateway:
@@ -39,13 +41,25 @@ class Gateway:
 def with_own_secrets(config: GatewayConfig) -> GatewayConfig:
     """The admin token and Redis URL from this pod (``LLMPLAT_*_FILE`` mounts); declared
     teams applied with this pod's key-store permissions."""
-    from llmplat.serving.entrypoint import apply_teams_file
-
     settings = Settings()
     settings.check_quota_store()
     apply_teams_file(settings)
     quotas = config.quotas.model_copy(update={"redis_url": settings.quotas.redis_url})
     return dataclasses.replace(config, admin_token=settings.admin_token, quotas=quotas)
+
+
+def apply_teams_file(settings: Settings) -> None:
+    """Create or update the teams the chart declares (``LLMPLAT_TEAMS_FILE``)."""
+    if settings.teams_file is None:
+        return
+    from llmplat.auth.admin import KeyAdmin
+    from llmplat.auth.declared import apply_declared_teams, load_declared_teams
+    from llmplat.stores import open_key_store
+
+    teams = load_declared_teams(settings.teams_file)
+    admin = KeyAdmin(open_key_store(settings.keystore, settings.keystore_path))
+    for team, outcome in apply_declared_teams(admin, teams).items():
+        log.info("declared team %s: %s", team, outcome)
 
 
 def serve_status() -> dict[str, Any]:
