@@ -11,6 +11,7 @@ import pytest
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.file_store import FileKeyStore
 from support import MODEL
+from support.waiting import eventually
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "ci" / "llm_check.py"
 
@@ -46,6 +47,8 @@ async def test_ci_step_answers_with_the_ci_teams_key(
     assert await asyncio.to_thread(script.main, argv) == 0
     out, err = capsys.readouterr()
     assert out.strip() and "billed to the CI team" in err
+    # The record is written once the answer has been handed over, so it may follow the reply.
+    await eventually(lambda: len(records) > 0, what="the request's record")
     assert [r.team for r in records] == ["ci"] and records[0].status == 200
 
 
