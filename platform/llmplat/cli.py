@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     prepare_environment(settings)  # before anything imports ray.serve
 
     from llmplat.engine.llm_config import ModelSourceError
-    from llmplat.serving.builder import build_application, build_models
+    from llmplat.serving.builder import build_application, build_models, drain_seconds
 
     try:
         models = build_models(platform, settings, progress=_progress)
@@ -79,7 +79,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         running = start_platform(
-            settings, lambda: build_application(models, settings), progress=_progress
+            settings,
+            lambda: build_application(models, settings),
+            progress=_progress,
+            drain_s=drain_seconds(models),
         )
     except PlatformStartError as exc:
         _err(f"llmplat: failed to start: {exc}")
@@ -98,7 +101,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stop.wait()
     finally:
-        _progress("shutting down")
+        _progress(f"shutting down (requests in flight get up to {running.drain_s:.0f} s)")
         running.shutdown()
         _progress("stopped")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmplat.settings import Settings, export_defaults, export_values
 
@@ -31,6 +33,7 @@ RAY_ENV_DEFAULTS = {
 
 
 APP_NAME = "llmplat"
+log = logging.getLogger(__name__)
 
 
 class PlatformStartError(RuntimeError):
@@ -41,15 +44,32 @@ class PlatformStartError(RuntimeError):
 class RunningPlatform:
     url: str
     settings: Settings
+    drain_s: float = 0.0
+    """How long stopping waits for the requests in flight (the replicas' drain)."""
 
     def shutdown(self) -> None:
+        """Drain, then stop: the application is deleted first, so every replica takes no
+        new request and finishes its own within its grace period; then Serve and Ray stop."""
         import ray
         from ray import serve
 
         try:
+            if self.drain_s > 0:
+                self._drain(serve)
             serve.shutdown()
         finally:
             ray.shutdown()
+
+    def _drain(self, serve: Any) -> None:
+        try:
+            serve.delete(APP_NAME, _blocking=False)
+            deadline = time.monotonic() + self.drain_s
+            while time.monotonic() < deadline:
+                if APP_NAME not in serve.status().applications:
+                    return
+                time.sleep(0.5)
+        except Exception as exc:  # stopping goes on regardless
+            log.warning("draining failed (%s: %s); stopping now", type(exc).__name__, exc)
 
 
 def _free_port(host: str) -> int:
@@ -137,6 +157,7 @@ def start_platform(
     *,
     ready_timeout_s: float = 900.0,
     progress: Callable[[str], None] | None = None,
+    drain_s: float = 0.0,
 ) -> RunningPlatform:
     """Start Ray and Serve, deploy the application, and wait until /readyz answers 200.
 
@@ -185,6 +206,7 @@ def start_platform(
     except BaseException:
         running.shutdown()
         raise
+    running.drain_s = drain_s  # from now on, stopping lets requests in flight finish
     return running
 
 

@@ -73,7 +73,7 @@ def served(
     for model_id in ("alpha", "beta"):
         profile = base.model_copy(update={"model_id": model_id, "name": model_id})
         cfg = build_llm_config(profile, settings, str(model_dir))
-        models.append(BuiltModel(model_id, str(model_dir), cfg))
+        models.append(BuiltModel(model_id, str(model_dir), cfg, profile))
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(settings.ray_temp_dir))
     try:

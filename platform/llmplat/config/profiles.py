@@ -99,13 +99,79 @@ class PlacementSpec(_Strict):
 
 
 class AutoscalingSpec(_Strict):
-    """Ray Serve replica autoscaling of the model deployment (data parallelism)."""
+    """Ray Serve replica autoscaling of the model deployment (data parallelism).
 
-    min_replicas: int = Field(1, ge=0)
+    With ``min_replicas == max_replicas`` the size is fixed and nothing is polled. Otherwise
+    ``policy: engine_signals`` (the default) scales on each engine's queue, KV-cache use and
+    time to first token against the targets below (:mod:`llmplat.autoscaling.policy`);
+    ``ongoing_requests`` is Ray Serve's default policy on ``target_ongoing_requests``.
+    """
+
+    min_replicas: int = Field(
+        1, ge=0, description="0 lets an idle model release its GPUs (scale to zero)."
+    )
     max_replicas: int = Field(1, ge=1)
     initial_replicas: int | None = Field(None, ge=0)
+    policy: Literal["engine_signals", "ongoing_requests"] = Field(
+        "engine_signals", description="What the autoscaler reads (see the class docstring)."
+    )
     target_ongoing_requests: int = Field(
-        32, ge=1, description="Requests per replica the autoscaler aims for."
+        32,
+        ge=1,
+        description="Requests per replica Serve's default policy aims for; the engine-signal "
+        "policy uses it only before a new replica has reported its signals.",
+    )
+    target_waiting_requests: float = Field(
+        2.0,
+        gt=0,
+        description="Requests waiting for a batch slot per replica before adding one: a queue "
+        "means every slot is taken, and each waiting request adds a whole generation to "
+        "someone's latency.",
+    )
+    target_kv_cache_usage: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Mean KV-cache use per replica before adding one: past ~90 % vLLM "
+        "preempts running sequences.",
+    )
+    target_ttft_s: float | None = Field(
+        None,
+        gt=0,
+        description="Mean time to first token before adding a replica (off when unset: TTFT "
+        "depends on prompt lengths, so set it per workload).",
+    )
+    scale_down_below: float = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="Remove a replica only if the rest would run at or below this share of "
+        "the targets (and of their batch slots): the gap to 1 is what keeps a steady load "
+        "from flapping between two sizes.",
+    )
+    upscale_delay_s: float = Field(
+        15.0, ge=0, description="Pressure must last this long before a replica is added."
+    )
+    downscale_delay_s: float = Field(
+        300.0,
+        ge=0,
+        description="Low load must last this long before a replica is removed (a GPU replica "
+        "takes minutes to start again).",
+    )
+    scale_to_zero_delay_s: float | None = Field(
+        None,
+        ge=0,
+        description="Idle time before the last replica stops (min_replicas 0); default: "
+        "downscale_delay_s.",
+    )
+    look_back_period_s: float = Field(
+        15.0, gt=0, description="Window the signals are averaged over."
+    )
+    scale_from_zero_wait_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long the gateway holds a request while a model scaled to zero "
+        "starts; after it the request is answered 503 model_starting with Retry-After.",
     )
 
     @model_validator(mode="after")
@@ -119,6 +185,10 @@ class AutoscalingSpec(_Strict):
         ):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.min_replicas == self.max_replicas
 
 
 class ServingSpec(_Strict):
@@ -135,6 +205,12 @@ class ServingSpec(_Strict):
         description="How long LLMServer gathers stream chunks into one message to the gateway "
         "after the first chunk (which is sent at once). Larger saves CPU per token; smaller "
         "makes streams smoother.",
+    )
+    drain_grace_s: float = Field(
+        120.0,
+        ge=0,
+        description="A replica being stopped (scale-down, upgrade, platform stop) takes no "
+        "new requests and gets this long to finish the ones it has.",
     )
 
 

@@ -8,8 +8,10 @@ requests. A "token" is a whitespace-separated word, or one id of a token-id prom
 Test hooks, driven by the prompt text so a test needs no mock of its own:
 ``FAKE_FAIL_BEFORE`` makes the engine raise before the first token, ``FAKE_FAIL_MID_STREAM``
 after two tokens (an engine dying mid-request), ``FAKE_HANG`` never answers (until the call
-is cancelled). ``n`` choices and batches of prompts are numbered as vLLM numbers them, with
-vLLM's per-choice continuous usage.
+is cancelled), ``FAKE_REPLICA_GONE_ONCE`` fails the first call of that prompt as a replica
+that went away before answering (:class:`FakeReplicaGone`) and answers the next. ``n``
+choices and batches of prompts are numbered as vLLM numbers them, with vLLM's per-choice
+continuous usage.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from llmplat.autoscaling.signals import EngineSignals
 from llmplat.engine.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -35,6 +38,7 @@ from llmplat.engine.protocol import (
 FAIL_BEFORE = "FAKE_FAIL_BEFORE"
 FAIL_MID_STREAM = "FAKE_FAIL_MID_STREAM"
 HANG = "FAKE_HANG"
+REPLICA_GONE_ONCE = "FAKE_REPLICA_GONE_ONCE"
 FAKE_OPTIONS_KEY = "llmplat_fake_engine"
 """``LLMConfig.experimental_configs`` key with ``{"token_delay_s": float}``."""
 
@@ -47,6 +51,12 @@ DEFAULT_MAX_TOKENS = 16
 
 class FakeEngineError(RuntimeError):
     """Raised by the fake engine on purpose (see the test hooks)."""
+
+
+class FakeReplicaGone(FakeEngineError):
+    """Stands for Ray's actor errors: the replica went away before answering."""
+
+    replica_gone = True
 
 
 def fake_tokens(prompt: str | list[int], max_tokens: int) -> list[str]:
@@ -75,12 +85,17 @@ class FakeEngine(LLMEngine):
         """Generation calls stopped by their caller (cancellation or close) before the end."""
         self.request_ids: list[str] = []
         """The engine request id of every generation call, in order."""
+        self._gone_once: set[str] = set()
 
     async def start(self) -> None:
         self.started = True
 
     def routing_stats(self) -> dict:
         return {}
+
+    def load_signals(self) -> EngineSignals:
+        """What the autoscaler reads: every open call counts as running."""
+        return EngineSignals(running=self.open_calls)
 
     async def resolve_lora(self, lora_model: Any) -> None:
         raise NotImplementedError("the fake engine serves no LoRA adapters")
@@ -159,6 +174,9 @@ class FakeEngine(LLMEngine):
             await asyncio.Event().wait()  # until cancelled: an engine that never answers
         if FAIL_BEFORE in texts:
             raise FakeEngineError("engine failed before the first token")
+        if REPLICA_GONE_ONCE in texts and texts not in self._gone_once:
+            self._gone_once.add(texts)
+            raise FakeReplicaGone("the replica stopped before answering")
         prompt_tokens = [count_prompt_tokens(p) for p in prompts]
         max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
         for size in prompt_tokens:

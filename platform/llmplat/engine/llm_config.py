@@ -99,6 +99,47 @@ def offline_env(settings: Settings) -> dict[str, str]:
     }
 
 
+POLICY_PATH = "llmplat.autoscaling.policy:EngineSignalsPolicy"
+DRAIN_CHECK_S = 1.0
+"""How often a stopping replica checks whether its last request finished."""
+
+
+def autoscaling_config(profile: ModelProfile) -> dict[str, Any]:
+    """Ray Serve's ``autoscaling_config`` of a profile whose replica count may change."""
+    auto = profile.serving.autoscaling
+    config: dict[str, Any] = {
+        "min_replicas": auto.min_replicas,
+        "max_replicas": auto.max_replicas,
+        "target_ongoing_requests": auto.target_ongoing_requests,
+        "upscale_delay_s": auto.upscale_delay_s,
+        "downscale_delay_s": auto.downscale_delay_s,
+        "look_back_period_s": auto.look_back_period_s,
+    }
+    if auto.initial_replicas is not None:
+        config["initial_replicas"] = auto.initial_replicas
+    if auto.scale_to_zero_delay_s is not None:
+        config["downscale_to_zero_delay_s"] = auto.scale_to_zero_delay_s
+    if auto.policy == "engine_signals":
+        from llmplat.autoscaling.policy import Objective, policy_kwargs
+
+        objective = Objective(
+            model_id=profile.model_id,
+            min_replicas=auto.min_replicas,
+            max_replicas=auto.max_replicas,
+            max_num_seqs=profile.engine.max_num_seqs,
+            target_waiting_requests=auto.target_waiting_requests,
+            target_kv_cache_usage=auto.target_kv_cache_usage,
+            target_ttft_s=auto.target_ttft_s,
+            target_ongoing_requests=auto.target_ongoing_requests,
+            scale_down_below=auto.scale_down_below,
+        )
+        config["policy"] = {
+            "policy_function": POLICY_PATH,
+            "policy_kwargs": policy_kwargs(objective),
+        }
+    return config
+
+
 def deployment_config(profile: ModelProfile) -> dict[str, Any]:
     serving = profile.serving
     auto = serving.autoscaling
@@ -108,19 +149,16 @@ def deployment_config(profile: ModelProfile) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_ongoing_requests": serving.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": replica_cpus},
+        # A replica being stopped (scale-down, upgrade, shutdown) leaves the routers at
+        # once and finishes its requests within the grace period.
+        "graceful_shutdown_timeout_s": serving.drain_grace_s,
+        "graceful_shutdown_wait_loop_s": DRAIN_CHECK_S,
     }
-    if auto.min_replicas == auto.max_replicas:
+    if auto.fixed:
         # A fixed size: no autoscaling metrics polled for nothing.
         options["num_replicas"] = auto.min_replicas
-        return options
-    autoscaling: dict[str, Any] = {
-        "min_replicas": auto.min_replicas,
-        "max_replicas": auto.max_replicas,
-        "target_ongoing_requests": auto.target_ongoing_requests,
-    }
-    if auto.initial_replicas is not None:
-        autoscaling["initial_replicas"] = auto.initial_replicas
-    options["autoscaling_config"] = autoscaling
+    else:
+        options["autoscaling_config"] = autoscaling_config(profile)
     return options
 
 

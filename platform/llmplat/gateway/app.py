@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from llmplat.gateway.errors import (
     AuthenticationFailed,
     InvalidRequest,
     NotFound,
+    ServiceUnavailable,
     UpstreamError,
     error_response,
     from_engine_error,
@@ -39,6 +41,7 @@ from llmplat.gateway.lifecycle import SCOPE_KEY, GuardedCall, LifecycleMiddlewar
 from llmplat.gateway.prepare import INLINE_BODY_BYTES, Prepared, prepare, unknown_model
 from llmplat.gateway.readiness import ReadinessCache
 from llmplat.gateway.requests import client_address, read_body
+from llmplat.gateway.scaling import scale_state
 from llmplat.gateway.state import GatewayModel, GatewayState, RequestRecord
 from llmplat.gateway.streaming import StreamOutcome, relay_stream
 from llmplat.gateway.usage import Usage
@@ -169,6 +172,12 @@ async def _authenticate(state: GatewayState, request: Request) -> Principal:
 
 
 async def _model_ready(state: GatewayState, model_id: str) -> str:
+    model = state.model(model_id)
+    if model is not None and model.autoscaled:
+        # Never ask a model at zero replicas: the health call itself would wake it.
+        scaled = scale_state(state.scale.report(model_id), model.min_replicas)
+        if scaled is not None:
+            return scaled
     try:
         await asyncio.wait_for(
             state.backends[model_id].check_health(), state.config.ready_timeout_s
@@ -231,6 +240,68 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         raise
 
 
+async def _first_item(
+    state: GatewayState, life: RequestLifecycle, prepared: Prepared, method: Method
+) -> tuple[GuardedCall, Any, Any]:
+    """Make the engine call and wait for its first item.
+
+    A model scaled to zero gets ``scale_from_zero_wait_s`` to start (then 503
+    ``model_starting``, nothing billed). A call whose replica went away before it yielded
+    anything (scale-down, upgrade, a crash) is made once more, on another replica.
+    """
+    model = prepared.model
+    backend = state.backends[model.model_id]
+    request = prepared.parsed.request
+    hold_until: float | None = None
+    report = state.scale.report(model.model_id)
+    if model.min_replicas == 0 and report is not None and report.running == 0:
+        hold_until = state.clock() + model.scale_from_zero_wait_s
+    call = life.forward(backend.call(method, request))
+    retried = False
+    while True:
+        upstream = call.__aiter__()
+        limit = life.deadline if hold_until is None else min(life.deadline, hold_until)
+        try:
+            first = await asyncio.wait_for(upstream.__anext__(), max(limit - state.clock(), 0.0))
+            return call, upstream, first
+        except APIError:
+            raise
+        except (StopAsyncIteration, TimeoutError, Exception) as exc:
+            call.cancel()
+            if not retried and not isinstance(exc, TimeoutError) and backend.replica_gone(exc):
+                retried = True
+                state.metrics.retried(model.model_id)
+                log.warning(
+                    "request %s: the replica went away before answering (%s); sending it again",
+                    life.record.request_id,
+                    type(exc).__name__,
+                )
+                call = life.reforward(backend.call(method, request))
+                continue
+            log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
+            if (
+                isinstance(exc, TimeoutError)
+                and hold_until is not None
+                and hold_until < life.deadline
+            ):
+                life.engine_refused = True  # the engine never saw it: nothing to bill
+                state.metrics.model_starting(model.model_id)
+                retry_after = max(1, min(30, math.ceil(model.scale_from_zero_wait_s / 4)))
+                raise ServiceUnavailable(
+                    f"Model {model.model_id!r} was scaled to zero and is still starting; "
+                    f"retry in {retry_after} s.",
+                    code="model_starting",
+                    headers={"Retry-After": str(retry_after)},
+                ) from exc
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError(
+                    "The model did not answer in time.", status=504, code="timeout"
+                ) from exc
+            raise UpstreamError(
+                "The model failed before answering; retry the request.", code="engine_error"
+            ) from exc
+
+
 async def _forward(
     state: GatewayState,
     life: RequestLifecycle,
@@ -239,24 +310,7 @@ async def _forward(
     headers: dict[str, str],
 ) -> Response:
     parsed = prepared.parsed
-    call = life.forward(state.backends[prepared.model.model_id].call(method, parsed.request))
-    upstream = call.__aiter__()
-    try:
-        first = await asyncio.wait_for(
-            upstream.__anext__(), max(life.deadline - state.clock(), 0.0)
-        )
-    except APIError:
-        raise
-    except (StopAsyncIteration, TimeoutError, Exception) as exc:
-        call.cancel()
-        log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
-        if isinstance(exc, TimeoutError):
-            raise UpstreamError(
-                "The model did not answer in time.", status=504, code="timeout"
-            ) from exc
-        raise UpstreamError(
-            "The model failed before answering; retry the request.", code="engine_error"
-        ) from exc
+    call, upstream, first = await _first_item(state, life, prepared, method)
 
     head = first[0] if isinstance(first, list) and first else first
     if isinstance(head, ErrorResponse):

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
 from llmplat.gateway.backends import ModelBackend
+from llmplat.gateway.scaling import ReportSource
 from llmplat.gateway.state import (
     GatewayConfig,
     GatewayState,
@@ -23,7 +24,11 @@ from llmplat.quotas.service import QuotaService
 from llmplat.stores import open_key_store, open_quota_store
 
 
-def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> GatewayState:
+def assemble_state(
+    config: GatewayConfig,
+    backends: dict[str, ModelBackend],
+    scale_source: ReportSource | None = None,
+) -> GatewayState:
     """The full request pipeline of a replica. Background work starts with the app."""
     key_store = open_key_store(config.keystore, Path(config.keystore_path))
     authenticator = RegistryAuthenticator(
@@ -40,7 +45,7 @@ def assemble_state(config: GatewayConfig, backends: dict[str, ModelBackend]) -> 
         lease_s=config.quotas.lease_s,
         on_store_error=metrics.store_error,
     )
-    state = build_state(config, authenticator, backends, quotas, metrics)
+    state = build_state(config, authenticator, backends, quotas, metrics, scale_source)
     state.admin = KeyAdmin(key_store)
     state.admin_token = config.admin_token
     follower = StoreFollower(key_store, authenticator.update)

@@ -29,6 +29,11 @@ class ModelBackend(Protocol):
 
     async def check_health(self) -> None: ...
 
+    def replica_gone(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the replica serving the call went away (stopped, died):
+        a call that had not yielded anything yet may be made again, on another replica."""
+        ...
+
 
 class _HandleCall:
     def __init__(self, response_gen: Any) -> None:
@@ -53,6 +58,12 @@ class ServeBackend:
 
     async def check_health(self) -> None:
         await self._health.check_health.remote()
+
+    def replica_gone(self, exc: BaseException) -> bool:
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import ReplicaUnavailableError
+
+        return isinstance(exc, RayActorError | ReplicaUnavailableError)
 
 
 class EngineCallCancelled(Exception):
@@ -109,3 +120,7 @@ class EngineBackend:
 
     async def check_health(self) -> None:
         await self.engine.check_health()
+
+    def replica_gone(self, exc: BaseException) -> bool:
+        # The fake engine's stand-in for Ray's actor errors says so itself.
+        return bool(getattr(exc, "replica_gone", False))

@@ -121,6 +121,13 @@ class RequestLifecycle:
         record.in_flight = True
         return self.call
 
+    def reforward(self, call: UpstreamCall) -> GuardedCall:
+        """The engine call is made again (its replica went away before answering)."""
+        if self.call is not None:
+            self.call.cancel()
+        self.call = GuardedCall(call)
+        return self.call
+
     def _schedule_renewal(self) -> None:
         lease_s = self._state.quotas.lease_s
         if self.admitted is None or self.admitted.admission is None or lease_s == float("inf"):

@@ -12,7 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from llmplat.gateway.scaling import SCALED_TO_ZERO, STARTING_FROM_ZERO
+
 READY_CACHE_S = 2.0
+READY_STATES = frozenset({"ready", SCALED_TO_ZERO, STARTING_FROM_ZERO})
+"""A model at zero replicas is ready to serve: the gateway holds its requests while it
+starts."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class Readiness:
 
     @property
     def ready(self) -> bool:
-        return all(v == "ready" for v in self.models.values())
+        return all(v in READY_STATES for v in self.models.values())
 
 
 class ReadinessCache:

@@ -18,6 +18,7 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.base import Authenticator
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
+from llmplat.gateway.scaling import ReportSource, ScaleView
 from llmplat.gateway.throttle import FailedAuthThrottle
 from llmplat.gateway.tokens import PromptCounter
 from llmplat.gateway.usage import Usage
@@ -37,6 +38,11 @@ class GatewayModel:
     max_model_len: int
     model_dir: str
     created: int = field(default_factory=lambda: int(time.time()))
+    autoscaled: bool = False
+    """Its replica count may change (the gateway follows the autoscaler's reports)."""
+    min_replicas: int = 1
+    scale_from_zero_wait_s: float = 120.0
+    """How long a request is held while the model starts from zero replicas."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ class GatewayState:
     counters: dict[str, PromptCounter]
     quotas: QuotaService
     metrics: GatewayMetrics
+    scale: ScaleView
+    """The autoscaler's reports of the models whose replica count may change."""
     on_finish: Callable[[RequestRecord], None] = log_record
     clock: Callable[[], float] = time.perf_counter
     status: Callable[[], Any] | None = None
@@ -177,19 +185,26 @@ def build_state(
     backends: dict[str, ModelBackend],
     quotas: QuotaService | None = None,
     metrics: GatewayMetrics | None = None,
+    scale_source: ReportSource | None = None,
 ) -> GatewayState:
     missing = {m.model_id for m in config.models} - set(backends)
     if missing:
         raise ValueError(f"no backend for models: {', '.join(sorted(missing))}")
     fim = {m.model_id: load_fim_encoder(Path(m.model_dir)) for m in config.models}
     counters = {m.model_id: PromptCounter(m.model_dir) for m in config.models}
-    return GatewayState(
+    metrics = metrics or GatewayMetrics(CollectorRegistry(), tuple(fim))
+    autoscaled = tuple(m.model_id for m in config.models if m.autoscaled)
+    state = GatewayState(
         config=config,
         authenticator=authenticator,
         backends=backends,
         fim=fim,
         counters=counters,
         quotas=quotas or QuotaService(MemoryQuotaStore()),
-        metrics=metrics or GatewayMetrics(CollectorRegistry(), tuple(fim)),
+        metrics=metrics,
         auth_throttle=FailedAuthThrottle(config.auth_failures_per_minute),
+        scale=ScaleView(autoscaled, scale_source, metrics),
     )
+    state.on_startup.append(state.scale.start)
+    state.on_shutdown.append(state.scale.stop)
+    return state

@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
+    from llmplat.autoscaling.report import ScaleReport
     from llmplat.gateway.state import RequestRecord
+
+REPLICA_STATES = ("running", "desired", "min", "max")
 
 UNAUTHENTICATED = "unauthenticated"
 UNKNOWN_MODEL = "unknown"
@@ -97,6 +100,79 @@ class GatewayMetrics:
             ["operation"],
             registry=registry,
         )
+
+        self.model_replicas = Gauge(
+            "llmplat_model_replicas",
+            "Model replicas by state: running (serving), desired (the autoscaler's target), "
+            "min and max (the profile's bounds). From the autoscaler's latest report.",
+            ["model", "state"],
+            registry=registry,
+        )
+        self.model_waiting = Gauge(
+            "llmplat_model_waiting_requests",
+            "Requests waiting for a batch slot in the model's engines or at its handles.",
+            ["model"],
+            registry=registry,
+        )
+        self.model_kv_cache = Gauge(
+            "llmplat_model_kv_cache_usage_ratio",
+            "Mean KV-cache use of the model's replicas (0..1), as the autoscaler sees it.",
+            ["model"],
+            registry=registry,
+        )
+        self.scale_decision_time = Gauge(
+            "llmplat_autoscaling_last_decision_timestamp_seconds",
+            "Unix time of the model's last change of desired replicas.",
+            ["model"],
+            registry=registry,
+        )
+        self.scale_decision = Gauge(
+            "llmplat_autoscaling_last_decision",
+            "The model's last change of desired replicas: 1 on the series with its "
+            "direction and reason, the new replica count in llmplat_model_replicas.",
+            ["model", "direction", "reason"],
+            registry=registry,
+        )
+        self.cold_start_rejections = Counter(
+            "llmplat_model_starting_rejections",
+            "Requests answered 503 model_starting: a model scaled to zero did not start "
+            "within the profile's scale_from_zero_wait_s.",
+            ["model"],
+            registry=registry,
+        )
+        self.upstream_retries = Counter(
+            "llmplat_upstream_retries",
+            "Requests sent again to another replica because theirs went away before the "
+            "first byte.",
+            ["model"],
+            registry=registry,
+        )
+
+    def model_starting(self, model: str) -> None:
+        self.cold_start_rejections.labels(self.model_label(model)).inc()
+
+    def retried(self, model: str) -> None:
+        self.upstream_retries.labels(self.model_label(model)).inc()
+
+    def scale_report(self, report: ScaleReport) -> None:
+        """Export the autoscaler's latest view of one model."""
+        model = self.model_label(report.model_id)
+        for state, value in zip(
+            REPLICA_STATES,
+            (report.running, report.desired, report.min_replicas, report.max_replicas),
+            strict=True,
+        ):
+            self.model_replicas.labels(model, state).set(value)
+        self.model_waiting.labels(model).set(report.waiting)
+        self.model_kv_cache.labels(model).set(report.kv_cache_usage)
+        last = report.last_decision
+        if last is not None:
+            self.scale_decision_time.labels(model).set(last.at)
+            direction = "up" if last.to_replicas > last.from_replicas else "down"
+            for labels in list(self.scale_decision._metrics):
+                if labels[0] == model:
+                    self.scale_decision.remove(*labels)
+            self.scale_decision.labels(model, direction, last.reason).set(1)
 
     def model_label(self, model: str | None) -> str:
         return model if model in self._models else UNKNOWN_MODEL

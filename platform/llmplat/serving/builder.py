@@ -11,11 +11,16 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from llmplat.config.loader import LoadedPlatform
+from llmplat.config.profiles import ModelProfile
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.gateway.state import GatewayConfig, GatewayModel
 from llmplat.serving.gateway_deployment import Gateway
 from llmplat.serving.llm_server import PlatformLLMServer
 from llmplat.settings import Settings
+
+GATEWAY_DRAIN_MARGIN_S = 10.0
+"""The gateway outlasts the models' drain by this much when the platform stops, so the
+streams the models finish still reach their clients."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class BuiltModel:
     model_id: str
     model_path: str
     llm_config: LLMConfig
+    profile: ModelProfile
 
 
 def build_models(
@@ -34,8 +40,15 @@ def build_models(
     out = []
     for profile in platform.profiles:
         path = resolve_model_source(profile, settings, progress)
-        out.append(BuiltModel(profile.model_id, path, build_llm_config(profile, settings, path)))
+        config = build_llm_config(profile, settings, path)
+        out.append(BuiltModel(profile.model_id, path, config, profile))
     return out
+
+
+def drain_seconds(models: list[BuiltModel]) -> float:
+    """How long a stopping gateway waits for its requests: the longest model drain plus a
+    margin, so the streams the models finish still reach their clients."""
+    return max(m.profile.serving.drain_grace_s for m in models) + GATEWAY_DRAIN_MARGIN_S
 
 
 def gateway_config(
@@ -51,6 +64,9 @@ def gateway_config(
                 model_id=m.model_id,
                 max_model_len=int(m.llm_config.engine_kwargs["max_model_len"]),
                 model_dir=m.model_path,
+                autoscaled=not m.profile.serving.autoscaling.fixed,
+                min_replicas=m.profile.serving.autoscaling.min_replicas,
+                scale_from_zero_wait_s=m.profile.serving.autoscaling.scale_from_zero_wait_s,
             )
             for m in models
         ),
@@ -94,6 +110,8 @@ def build_application(
         num_replicas=settings.gateway.replicas,
         ray_actor_options=actor_options,
         max_ongoing_requests=10_000,
+        graceful_shutdown_timeout_s=drain_seconds(models),
+        graceful_shutdown_wait_loop_s=1.0,
     )
     config = gateway_config(models, settings, secrets_from_environment=secrets_from_environment)
     return gateway.bind(config, handles)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import start_http_server
 from ray import serve
 
+from llmplat.autoscaling.report import KvStore
 from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import ServeBackend
@@ -28,7 +29,7 @@ class Gateway:
         if config.secrets_from_environment:
             config = with_own_secrets(config)
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
-        self._state = assemble_state(config, backends)
+        self._state = assemble_state(config, backends, scale_source=KvStore())
         self._state.status = serve_status
         if config.metrics_port is not None:
             # One scrape target per replica (the chart's PodMonitor), beside GET /metrics.

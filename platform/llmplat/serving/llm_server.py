@@ -9,7 +9,7 @@ for the rest of the stream and send the first chunk the moment it exists.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm import LLMServer
@@ -37,7 +37,22 @@ async def eager_first_batches(
 
 
 class PlatformLLMServer(LLMServer):
-    """The model deployment class llmplat deploys (one per model)."""
+    """The model deployment class llmplat deploys (one per model).
+
+    Its engine reports queue, KV-cache and first-token signals, which Serve collects
+    through :meth:`record_autoscaling_stats` for the autoscaling policy.
+    """
+
+    @property
+    def _default_engine_cls(self) -> Any:  # type: ignore[override]
+        from llmplat.engine.vllm_engine import SignalingVLLMEngine
+
+        return SignalingVLLMEngine
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        load = getattr(self.engine, "load_signals", None)
+        signals = load() if load is not None else None
+        return signals.as_metrics() if signals is not None else {}
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
         return eager_first_batches(generator, self._get_batch_interval_ms())

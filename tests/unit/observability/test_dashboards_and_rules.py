@@ -28,6 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmplat.autoscaling.report import DecisionEvent, ScaleReport
 from llmplat.gateway.state import RequestRecord
 from llmplat.gateway.streaming import Usage
 from llmplat.observability import catalog
@@ -89,6 +90,16 @@ def _drive_gateway() -> CollectorRegistry:
     rec = RequestRecord(endpoint="chat", started=0.0, team="t", model="m", status=200, ended=1.0)
     rec.usage, rec.first_token_s, rec.inter_token_s = Usage(3, 4), 0.2, 0.02
     metrics.record(rec)
+    metrics.model_starting("m")
+    metrics.retried("m")
+    decision = DecisionEvent(at=1.0, from_replicas=1, to_replicas=2, reason="queue")
+    metrics.scale_report(
+        ScaleReport(
+            model_id="m", running=1, desired=2, min_replicas=1, max_replicas=2, wanted=2,
+            reason="queue", pressure=2.0, waiting=4, kv_cache_usage=0.5, ttft_s=0.1,
+            last_decision=decision, at=1.0,
+        )
+    )  # fmt: skip
     return registry
 
 

@@ -1,0 +1,1 @@
+"""Replica autoscaling on the engine's own signals (queue, KV cache, time to first token)."""
