@@ -11,8 +11,9 @@ over the look-back window:
 - **ttft**: mean time to first token, against ``target_ttft_s`` (when set).
 
 The largest ratio is the *pressure*. Above 1 the policy wants ``ceil(replicas × pressure)``
-replicas. It wants fewer only when the load (pressure, or the share of batch slots in use,
-whichever is larger) would still sit at or below ``scale_down_below`` on one replica less;
+replicas; for a queue, enough replicas to give every running and waiting request a batch
+slot (``max_num_seqs`` each), and at least one more. It wants fewer only when the load
+(pressure, or the share of batch slots in use, whichever is larger) would still sit at or below ``scale_down_below`` on one replica less;
 so a scale-up is never followed by a scale-down at the same load and vice versa (no
 flapping). With ``min_replicas: 0`` an idle model (nothing running, queued or waiting) goes
 to zero. Ray Serve applies the delays (``upscale_delay_s``, ``downscale_delay_s``,
@@ -111,13 +112,13 @@ def decide(inputs: ScaleInputs, objective: Objective) -> Decision:
         return Decision(bounded(inputs.target_replicas), "scaled_to_zero", 0.0, 0.0)
 
     reported = bool(inputs.waiting or inputs.kv_cache_usage)
+    waiting = sum(inputs.waiting.values()) + inputs.handle_queued
     if not reported:
         # No replica has reported engine signals yet (still starting): Serve's count.
         pressure = inputs.ongoing_requests / (n * objective.target_ongoing_requests)
         ratios = {"ongoing": pressure}
         batch = pressure
     else:
-        waiting = sum(inputs.waiting.values()) + inputs.handle_queued
         ratios = {
             "queue": waiting / (n * objective.target_waiting_requests),
             "kv_cache": _mean(inputs.kv_cache_usage) / objective.target_kv_cache_usage,
@@ -130,15 +131,22 @@ def decide(inputs: ScaleInputs, objective: Objective) -> Decision:
     load = max(pressure, batch)
 
     if pressure > 1.0:
-        return Decision(bounded(math.ceil(n * pressure)), reason, pressure, load)
+        wanted = math.ceil(n * pressure)
+        if reason == "queue":
+            # A queue does not shrink in proportion to replicas: it empties once every
+            # request has a batch slot. Enough replicas for all of them, at least one more.
+            demand = sum(inputs.running.values()) + waiting
+            wanted = max(n + 1, math.ceil(demand / objective.max_num_seqs))
+        return Decision(bounded(wanted), reason, pressure, load)
     idle = inputs.ongoing_requests <= 0 and load <= 0 and not sum(inputs.waiting.values())
     if lo == 0 and idle:
         return Decision(0, "idle", pressure, load)
     # The fewest replicas that would still run at or below `scale_down_below`.
     wanted = max(1, math.ceil(n * load / objective.scale_down_below)) if load > 0 else 1
-    if wanted < n:
-        return Decision(bounded(wanted), "low_load", pressure, load)
-    return Decision(bounded(n), "steady", pressure, load)
+    wanted = bounded(min(wanted, n))
+    # Fewer than running, or than the target while replicas are still starting.
+    reason = "low_load" if wanted < max(n, inputs.target_replicas) else "steady"
+    return Decision(wanted, reason, pressure, load)
 
 
 def inputs_from_context(ctx: Any) -> ScaleInputs:

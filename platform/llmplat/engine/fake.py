@@ -86,6 +86,7 @@ class FakeEngine(LLMEngine):
         self.request_ids: list[str] = []
         """The engine request id of every generation call, in order."""
         self._gone_once: set[str] = set()
+        self.health_checks = 0
 
     async def start(self) -> None:
         self.started = True
@@ -104,6 +105,7 @@ class FakeEngine(LLMEngine):
         return None
 
     async def check_health(self) -> None:
+        self.health_checks += 1
         if not self.started:
             raise FakeEngineError("engine not started")
 
