@@ -1,7 +1,8 @@
 """`llmplat status`: a running platform at a glance, from its HTTP endpoints.
 
 Reads ``/readyz`` (models, readiness), ``/admin/status`` (replicas), ``/metrics`` twice a
-second apart (requests in flight, tokens/s) and each team's usage against its quota.
+second apart (requests in flight, tokens/s, autoscaled models' running/desired replicas and
+last decision) and each team's usage against its quota.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ def _sum_samples(text: str, name: str) -> dict[str, float]:
     return out
 
 
+def _by_model(text: str, name: str, label: str | None = None) -> dict[str, dict[str, float]]:
+    """A gauge's samples by model, keyed by another label's value (or the sample name)."""
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                key = s.labels.get(label, "") if label else s.name
+                if label == "reason":
+                    key = f"{s.labels.get('direction', '')} {key}"
+                out.setdefault(s.labels.get("model", ""), {})[key] = s.value
+    return out
+
+
 def _fmt_limit(used: int, limit: int | None) -> str:
     return f"{used}" if limit is None else f"{used}/{limit} ({100 * used / limit:.0f}%)"
 
@@ -50,8 +64,19 @@ def collect(url: str, admin_token: str | None, interval_s: float = 1.0) -> dict[
         elapsed = time.monotonic() - t0
     tokens_name = "llmplat_completion_tokens_total"
     t_before, t_after = _sum_samples(before, tokens_name), _sum_samples(after, tokens_name)
+    decided_at = _by_model(after, "llmplat_autoscaling_last_decision_timestamp_seconds")
     return {
         "ready": ready.json(),
+        "replicas": _by_model(after, "llmplat_model_replicas", "state"),
+        "decisions": {
+            model: (
+                next(iter(d)),
+                decided_at.get(model, {}).get(
+                    "llmplat_autoscaling_last_decision_timestamp_seconds"
+                ),
+            )
+            for model, d in _by_model(after, "llmplat_autoscaling_last_decision", "reason").items()
+        },
         "in_flight": _sum_samples(after, "llmplat_requests_in_flight"),
         "tokens_per_s": {m: (v - t_before.get(m, 0.0)) / elapsed for m, v in t_after.items()},
         "deployments": status.json()["deployments"]
@@ -64,15 +89,24 @@ def collect(url: str, admin_token: str | None, interval_s: float = 1.0) -> dict[
 
 def render(data: dict[str, Any]) -> str:
     lines = [f"platform: {data['ready'].get('status')}"]
-    lines.append(f"{'model':24} {'ready':14} {'replicas':>9} {'in flight':>9} {'tokens/s':>9}")
+    lines.append(f"{'model':24} {'ready':28} {'replicas':>16} {'in flight':>9} {'tokens/s':>9}")
     deployments = data["deployments"] or {}
+    scaling = data.get("replicas", {})
     for model, state in data["ready"].get("models", {}).items():
         dep = next((d for n, d in deployments.items() if n.endswith(f":{model}")), None)
         replicas = str(dep["replicas"].get("RUNNING", 0)) if dep else "?"
+        if model in scaling:  # autoscaled: running/desired and the bounds
+            r = {k: int(v) for k, v in scaling[model].items()}
+            replicas = f"{r['running']}/{r['desired']} [{r['min']}-{r['max']}]"
         lines.append(
-            f"{model:24} {state:14} {replicas:>9} {data['in_flight'].get(model, 0):>9.0f} "
+            f"{model:24} {state:28} {replicas:>16} {data['in_flight'].get(model, 0):>9.0f} "
             f"{data['tokens_per_s'].get(model, 0.0):>9.1f}"
         )
+    for model, (what, at) in sorted(data.get("decisions", {}).items()):
+        direction, reason = what.split(" ", 1)
+        ago = f", {time.time() - at:.0f} s ago" if at else ""
+        to = int(scaling.get(model, {}).get("desired", 0))
+        lines.append(f"  {model}: last scaled {direction} to {to} ({reason}{ago})")
     gw = deployments.get("Gateway")
     if gw:
         lines.append(f"gateway replicas running: {gw['replicas'].get('RUNNING', 0)}")

@@ -3,6 +3,7 @@ sizes, the serve config, and how the Ray pods are run."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from llmplat.config.loader import load_profile
+from llmplat.config.profiles import DRAIN_MARGIN_S
 from llmplat.serving.serve_config import serve_config
 from support import chart
 
@@ -46,6 +48,14 @@ def test_serve_config_is_what_the_profile_produces(rendered, case: str) -> None:
     profile_name = LAYOUTS[case][0]
     rs = chart.find(rendered[case], "RayService")
     assert chart.serve_config_of(rs) == serve_config([load_profile(profile_name, CONFIGS)])
+
+
+@pytest.mark.parametrize("case", list(LAYOUTS))
+def test_an_upgrade_keeps_the_old_cluster_for_the_drain(rendered, case: str) -> None:
+    profile = load_profile(LAYOUTS[case][0], CONFIGS)
+    rs = chart.find(rendered[case], "RayService")
+    drain = profile.serving.drain_grace_s + DRAIN_MARGIN_S
+    assert rs["spec"]["rayClusterDeletionDelaySeconds"] == math.ceil(drain)
 
 
 @pytest.mark.parametrize("case", list(LAYOUTS))

@@ -13,12 +13,12 @@ over the look-back window:
 The largest ratio is the *pressure*. Above 1 the policy wants ``ceil(replicas × pressure)``
 replicas; for a queue, enough replicas to give every running and waiting request a batch
 slot (``max_num_seqs`` each), and at least one more. It wants fewer only when the load
-(pressure, or the share of batch slots in use, whichever is larger) would still sit at or below ``scale_down_below`` on one replica less;
-so a scale-up is never followed by a scale-down at the same load and vice versa (no
-flapping). With ``min_replicas: 0`` an idle model (nothing running, queued or waiting) goes
-to zero. Ray Serve applies the delays (``upscale_delay_s``, ``downscale_delay_s``,
-``downscale_to_zero_delay_s``), wakes a model at zero on its first request, and keeps the
-result within the bounds.
+(pressure, or the share of batch slots in use, whichever is larger) would still sit at or
+below ``scale_down_below`` with fewer replicas; so a scale-up is never followed by a scale-
+down at the same load and vice versa (no flapping). With ``min_replicas: 0`` an idle model
+(nothing running, queued or waiting) goes to zero. Ray Serve applies the delays
+(``upscale_delay_s``, ``downscale_delay_s``, ``downscale_to_zero_delay_s``), wakes a model
+at zero on its first request, and keeps the result within the bounds.
 
 Ray pickles the class into the controller, which imports ``llmplat`` (installed in every
 image and in the local environment) for the rest.

@@ -11,6 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+DRAIN_MARGIN_S = 10.0
+"""The gateway outlasts the models' drain by this much when the platform stops (and an
+upgrade's old cluster lives this much longer), so the streams the models finish still
+reach their clients."""
+
 BUILTIN_PREFIX = "builtin:"
 """A ``source`` with this prefix names a model llmplat builds offline (``builtin:tiny-mixtral``)."""
 
@@ -273,3 +278,9 @@ class ModelProfile(_Strict):
     @property
     def is_builtin(self) -> bool:
         return self.source.startswith(BUILTIN_PREFIX)
+
+
+def drain_seconds(profiles: list[ModelProfile]) -> float:
+    """How long stopping a platform (or an upgrade's old cluster) lets requests in flight
+    finish: the longest model drain plus a margin."""
+    return max(p.serving.drain_grace_s for p in profiles) + DRAIN_MARGIN_S

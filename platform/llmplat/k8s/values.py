@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from llmplat.config.loader import load_profile, resolve_profile_path
-from llmplat.config.profiles import ModelProfile
+from llmplat.config.profiles import ModelProfile, drain_seconds
 from llmplat.planner import (
     Assessment,
     Fleet,
@@ -193,6 +193,8 @@ def layout_values(
         "maxReplicas": sum(f.nodes_for(a.max_replicas) for f, a in zip(fitted, autos, strict=True)),
     }
     layout["models"] = [_layout_entry(f) for f in fitted]
+    # An upgrade's old cluster keeps serving what it has for this long after the switch.
+    layout["drainSeconds"] = math.ceil(drain_seconds([f.profile for f in fitted]))
     return {
         "layout": layout,
         "modelWorkers": pod,

@@ -12,15 +12,12 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from llmplat.config.loader import LoadedPlatform
 from llmplat.config.profiles import ModelProfile
+from llmplat.config.profiles import drain_seconds as profile_drain_seconds
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.gateway.state import GatewayConfig, GatewayModel
 from llmplat.serving.gateway_deployment import Gateway
 from llmplat.serving.llm_server import PlatformLLMServer
 from llmplat.settings import Settings
-
-GATEWAY_DRAIN_MARGIN_S = 10.0
-"""The gateway outlasts the models' drain by this much when the platform stops, so the
-streams the models finish still reach their clients."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +43,8 @@ def build_models(
 
 
 def drain_seconds(models: list[BuiltModel]) -> float:
-    """How long a stopping gateway waits for its requests: the longest model drain plus a
-    margin, so the streams the models finish still reach their clients."""
-    return max(m.profile.serving.drain_grace_s for m in models) + GATEWAY_DRAIN_MARGIN_S
+    """How long a stopping gateway waits for its requests (see :func:`profiles.drain_seconds`)."""
+    return profile_drain_seconds([m.profile for m in models])
 
 
 def gateway_config(

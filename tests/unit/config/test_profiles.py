@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,66 @@ def test_platform_rejects_two_profiles_serving_one_model_id(tmp_path, settings) 
 def test_local_platform_serves_the_tiny_model(settings) -> None:
     platform = load_platform(settings.config_dir / "local.yaml", settings.config_dir)
     assert [p.model_id for p in platform.profiles] == ["tiny-mixtral"]
+
+
+def test_autoscale_profiles_render_rays_autoscaling_config(settings: Settings) -> None:
+    """What Ray Serve is given: its own AutoscalingConfig accepts it, with our policy
+    (importable by the controller) and the profile's objective, delays and drain."""
+    from ray.serve.config import AutoscalingConfig
+
+    from llmplat.autoscaling.policy import EngineSignalsPolicy
+
+    p = load_profile("tiny-mixtral-cpu-autoscale", settings.config_dir)
+    options = build_llm_config(p, settings, "/m").deployment_config
+    assert (options["graceful_shutdown_timeout_s"], options["graceful_shutdown_wait_loop_s"]) == (
+        60.0,
+        1.0,
+    )
+    ray_config = AutoscalingConfig(**options["autoscaling_config"])
+    assert (ray_config.min_replicas, ray_config.max_replicas) == (1, 2)
+    assert (ray_config.upscale_delay_s, ray_config.downscale_delay_s) == (5.0, 20.0)
+    policy = ray_config.policy.get_policy()
+    assert policy is EngineSignalsPolicy or policy.__name__ == "EngineSignalsPolicy"
+    objective = ray_config.policy.policy_kwargs
+    assert objective == {
+        "model_id": "tiny-mixtral",
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "max_num_seqs": 8,
+        "target_waiting_requests": 2.0,
+        "target_kv_cache_usage": 0.85,
+        "target_ongoing_requests": 32,
+        "scale_down_below": 0.6,
+    }
+    zero = load_profile("tiny-mixtral-cpu-scale-to-zero", settings.config_dir)
+    auto = build_llm_config(zero, settings, "/m").deployment_config["autoscaling_config"]
+    assert (auto["min_replicas"], auto["downscale_to_zero_delay_s"]) == (0, 20.0)
+
+
+def test_serve_default_policy_and_fixed_sizes(settings: Settings) -> None:
+    p = load_profile("tiny-mixtral-cpu-autoscale", settings.config_dir)
+    auto = p.serving.autoscaling.model_copy(update={"policy": "ongoing_requests"})
+    ongoing = p.model_copy(update={"serving": p.serving.model_copy(update={"autoscaling": auto})})
+    options = build_llm_config(ongoing, settings, "/m").deployment_config
+    assert "policy" not in options["autoscaling_config"]  # Ray Serve's default policy
+    fixed = load_profile("tiny-mixtral-cpu", settings.config_dir)
+    options = build_llm_config(fixed, settings, "/m").deployment_config
+    assert options["num_replicas"] == 1 and "autoscaling_config" not in options
+    assert options["graceful_shutdown_timeout_s"] == fixed.serving.drain_grace_s
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "message"),
+    [
+        ({"target_kv_cache_usage": 1.2}, "less than or equal to 1"),
+        ({"scale_down_below": 1.0}, "less than 1"),
+        ({"target_waiting_requests": 0}, "greater than 0"),
+        ({"policy": "cpu"}, "'engine_signals' or 'ongoing_requests'"),
+        ({"min_replicas": 3, "max_replicas": 2}, "min_replicas (3) exceeds max_replicas (2)"),
+    ],
+)
+def test_autoscaling_objectives_are_checked(autoscaling: dict, message: str) -> None:
+    from llmplat.config.profiles import AutoscalingSpec
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AutoscalingSpec(**autoscaling)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import yaml
 
 from llmplat.cli import main
 from llmplat.config.loader import load_profile
+from llmplat.config.profiles import DRAIN_MARGIN_S
+from llmplat.engine.llm_config import POLICY_PATH, deployment_config
 from llmplat.k8s.values import (
     BEGIN,
     END,
@@ -19,7 +22,7 @@ from llmplat.k8s.values import (
     render_block,
     write_block,
 )
-from llmplat.serving.serve_config import serve_config
+from llmplat.serving.serve_config import ServeAppArgs, serve_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -34,6 +37,9 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
         # TP 4 x PP 2 on 4-GPU nodes: a replica spans 2 pods, 1-2 replicas → 2-4 pods
         ("mixtral-8x22b-l40s-2node", {"kind": "gpu", "gpusPerPod": 4}, (2, 2, 4)),
         ("tiny-mixtral-cpu", {"kind": "cpu", "gpusPerPod": 0}, (1, 1, 1)),
+        # one engine per CPU pod: 1-2 replicas → 1-2 pods; scale to zero → 0-1 pods
+        ("tiny-mixtral-cpu-autoscale", {"kind": "cpu", "gpusPerPod": 0}, (1, 1, 2)),
+        ("tiny-mixtral-cpu-scale-to-zero", {"kind": "cpu", "gpusPerPod": 0}, (0, 0, 1)),
     ],
 )
 def test_worker_group_sized_from_the_layout(profile: str, pod: dict, groups: tuple) -> None:
@@ -116,3 +122,25 @@ def test_cli_prints_the_block_and_the_serve_config(
     write_block(stale, layout_values(["tiny-mixtral-cpu"], CONFIGS) | {"rayEnv": {}})
     assert main(["deploy", "values", "--refresh", str(stale)]) == 0
     assert read_block(stale)["rayEnv"]
+
+
+@pytest.mark.parametrize(
+    "profile", ["mixtral-8x22b-h100x8", "mixtral-8x22b-l40s-2node", "tiny-mixtral-cpu-autoscale"]
+)
+def test_the_cluster_autoscales_with_the_profiles_policy(profile: str) -> None:
+    """The RayService carries the profile whole; the cluster's entrypoint turns it into the
+    same deployment options (policy, objective, delays, drain) as `llmplat serve`."""
+    values = layout_values([profile], CONFIGS)
+    (app,) = values["serveConfig"]["applications"]
+    (on_cluster,) = ServeAppArgs(**app["args"]).profiles
+    local = load_profile(profile, CONFIGS)
+    assert deployment_config(on_cluster) == deployment_config(local)
+    options = deployment_config(on_cluster)
+    auto = options["autoscaling_config"]
+    assert auto["policy"]["policy_function"] == POLICY_PATH
+    objective = auto["policy"]["policy_kwargs"]
+    assert objective["max_num_seqs"] == local.engine.max_num_seqs
+    assert objective["max_replicas"] == local.serving.autoscaling.max_replicas
+    assert options["graceful_shutdown_timeout_s"] == local.serving.drain_grace_s
+    drain = local.serving.drain_grace_s + DRAIN_MARGIN_S
+    assert values["layout"]["drainSeconds"] == math.ceil(drain)

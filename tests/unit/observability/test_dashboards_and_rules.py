@@ -574,7 +574,10 @@ def test_rules_have_the_alerts_ops_need() -> None:
         "LlmplatEngineQueueGrowing",
         "LlmplatReplicaDown",
         "LlmplatQuotaStoreUnreachable",
+        "LlmplatModelAtMaxReplicas",
     } <= set(alerts)
+    at_max = alerts["LlmplatModelAtMaxReplicas"]["expr"]
+    assert 'state="max"' in at_max and "delta(llmplat_model_waiting_requests" in at_max
     # A multi-window burn-rate alert: both a long and a short window, against the same objective.
     fast = alerts["LlmplatTTFTBudgetFastBurn"]["expr"]
     assert "ratio_rate1h" in fast and "ratio_rate5m" in fast
@@ -608,6 +611,8 @@ def test_dashboards_have_distinct_uids_and_expected_panels() -> None:
         "ray_vllm_num_requests_waiting",
         "ray_serve_deployment_replica_healthy",
         "DCGM_FI_DEV_GPU_UTIL",
+        'llmplat_model_replicas{state="desired"',
+        "llmplat_model_waiting_requests",
     ):
         assert needle in exprs["capacity.json"]
     assert "[1d]" in exprs["teams.json"] and "topk(" in exprs["teams.json"]
