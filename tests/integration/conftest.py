@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,10 +24,7 @@ import pytest_asyncio
 
 from llmplat.settings import Settings
 from support import MODEL
-
-START_TIMEOUT_S = 900
-STOP_TIMEOUT_S = 90
-
+from support.platform import free_port, launch, stop
 
 TEAMS: dict[str, list[str]] = {
     "ide": ["--priority", "interactive", "--rpm", "10000"],
@@ -56,26 +51,6 @@ class LivePlatform:
         return f"{self.url}/v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmd:
-            out.append(f"{pid}: {cmd[:120]}")
-    return out
-
-
 def _files_containing(root: Path, secret: str) -> list[str]:
     needle = secret.encode()
     hits = []
@@ -89,10 +64,6 @@ def _files_containing(root: Path, secret: str) -> list[str]:
     return hits
 
 
-def _ray_processes(home: Path) -> list[str]:
-    return _processes_mentioning(str(Settings(home=home).ray_temp_dir))
-
-
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
     shared_models = Settings().models_dir
@@ -101,8 +72,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
     (home / "models").symlink_to(shared_models)
     key = "llmp_dev_" + secrets.token_urlsafe(24)
     admin_token = "llmp_admin_" + secrets.token_urlsafe(24)
-    port = _free_port()
-    metrics_port = _free_port()
+    port = free_port()
+    metrics_port = free_port()
     log = home / "serve.log"
     env = os.environ | {
         "LLMPLAT_HOME": str(home),
@@ -113,27 +84,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         "PYTHONUNBUFFERED": "1",
     }
     team_keys = {team: _cli_team_key(team, flags, env) for team, flags in TEAMS.items()}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llmplat", "serve"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+    proc = launch(["serve"], env, log)
     url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    deadline = started + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"llmplat serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        if "llmplat is serving" in log.read_text(errors="replace"):
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"platform not ready in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-        time.sleep(1)
-    print(f"\nllmplat serve ready in {time.monotonic() - started:.0f} s", flush=True)
     warm_s = _warm_up(url, key)
     print(f"engine warmed up in {warm_s:.0f} s", flush=True)
     platform = LivePlatform(
@@ -149,21 +101,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
     try:
         yield platform
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail(f"llmplat serve did not stop within {STOP_TIMEOUT_S} s of SIGINT")
-        leftovers = _ray_processes(home)
-        deadline = time.monotonic() + 20
-        while leftovers and time.monotonic() < deadline:
-            time.sleep(1)
-            leftovers = _ray_processes(home)
-        for line in leftovers:  # clean up, then fail: the platform must do this itself
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        assert proc.returncode == 0, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-        assert not leftovers, f"Ray processes left behind after shutdown: {leftovers}"
+        stop(proc, home, log)
         leaks = _files_containing(Settings(home=home).ray_temp_dir, key)
         assert not leaks, f"the API key leaked into logs: {leaks}"
         printed = log.read_text(errors="replace").count(key)

@@ -1,0 +1,272 @@
+"""Autoscaling on the real platform: `llmplat serve --config configs/autoscale.yaml`.
+
+Its two models (`configs/autoscale.yaml`): ``tiny-mixtral`` scales between 1 and 2 replicas
+on its engines' queue and KV cache; ``tiny-mixtral-zero`` sits at zero replicas until a
+request arrives and goes back to zero after 20 s idle. Every request goes through the
+official ``openai`` client and must be answered in full: a flood takes the first model from
+one replica to two, and streams in flight when the load drops are finished while it
+returns to one; a request to the model at zero is held while it starts, not failed; and
+Ctrl-C lets a stream in flight finish before the platform stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmplat.settings import Settings
+from support.platform import free_port, launch, stop
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "autoscale.yaml"
+SCALED = "tiny-mixtral"
+ZERO = "tiny-mixtral-zero"
+FLOOD_STREAMS = 24  # three times the 8 batch slots of a replica: a queue of 16
+TRICKLE_STREAMS = 4  # well under one replica's slots: low load
+
+
+@dataclass
+class ScalingPlatform:
+    url: str
+    key: str
+    home: Path
+    log: Path
+    pid: int
+    stopping: bool = False
+    """Ctrl-C already sent (by the drain test)."""
+
+    def replicas(self, model: str) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "llmplat_model_replicas" and s.labels["model"] == model:
+                    out[s.labels["state"]] = s.value
+                if s.name == "llmplat_autoscaling_last_decision" and s.labels["model"] == model:
+                    out["decision"] = f"{s.labels['direction']} {s.labels['reason']}"
+                if (
+                    s.name == "llmplat_autoscaling_last_decision_timestamp_seconds"
+                    and s.labels["model"] == model
+                ):
+                    out["decided_at"] = s.value
+        return out
+
+    def wait_for(self, model: str, what: str, check, timeout_s: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout_s
+        seen: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            seen = self.replicas(model)
+            if check(seen):
+                return seen
+            time.sleep(1)
+        pytest.fail(f"{model}: not {what} within {timeout_s:.0f} s; last seen {seen}")
+
+
+@pytest.fixture(scope="module")
+def scaling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScalingPlatform]:
+    shared_models = Settings().models_dir
+    shared_models.mkdir(parents=True, exist_ok=True)
+    home = tmp_path_factory.mktemp("llmplat-autoscale")
+    (home / "models").symlink_to(shared_models)
+    key = "llmp_dev_" + secrets.token_urlsafe(24)
+    port = free_port()
+    env = os.environ | {
+        "LLMPLAT_HOME": str(home),
+        "LLMPLAT_PORT": str(port),
+        "LLMPLAT_DEV_API_KEY": key,
+        "LLMPLAT_ENGINE_METRICS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = home / "serve.log"
+    proc = launch(["serve", "--config", str(CONFIG)], env, log)
+    platform = ScalingPlatform(f"http://127.0.0.1:{port}", key, home, log, proc.pid)
+    try:
+        yield platform
+    finally:
+        stop(proc, home, log, signal_first=not platform.stopping)
+
+
+@dataclass
+class Outcome:
+    started: float
+    ended: float = 0.0
+    ok: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Load:
+    """Streams sent back to back by ``workers`` clients until stopped; every outcome kept."""
+
+    client: openai.AsyncOpenAI
+    workers: int
+    max_tokens: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _one(self) -> None:
+        out = Outcome(time.monotonic())
+        self.outcomes.append(out)
+        try:
+            stream = await self.client.completions.create(
+                model=SCALED,
+                prompt="scale " * 20,
+                max_tokens=self.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            finished, usage = None, None
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finished = chunk.choices[0].finish_reason
+                usage = chunk.usage or usage
+            out.ok = finished is not None and usage is not None
+            out.error = None if out.ok else f"cut short: finish={finished} usage={usage}"
+        except Exception as exc:  # every failure is counted, never raised past the load
+            out.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            out.ended = time.monotonic()
+
+    async def _work(self) -> None:
+        while not self._stop.is_set():
+            await self._one()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._work()) for _ in range(self.workers)]
+
+    async def finish(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    def failures(self) -> list[str]:
+        return [o.error or "unanswered" for o in self.outcomes if not o.ok]
+
+
+async def _poll(platform: ScalingPlatform, model: str) -> dict[str, float]:
+    return await asyncio.to_thread(platform.replicas, model)
+
+
+def test_a_model_at_zero_is_scaled_to_zero_and_answers_its_next_request(scaling) -> None:
+    seen = scaling.wait_for(ZERO, "at zero", lambda r: r.get("running") == 0, 60)
+    assert seen["desired"] == 0 and seen["min"] == 0
+    ready = httpx.get(f"{scaling.url}/readyz", timeout=10).json()
+    assert ready["status"] == "ready" and ready["models"][ZERO] == "scaled to zero"
+    status = subprocess.run(
+        [sys.executable, "-m", "llmplat", "status", "--url", scaling.url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    zero_line = next(line for line in status.stdout.splitlines() if line.startswith(ZERO))
+    assert "scaled to zero" in zero_line and "0/0 [0-1]" in zero_line
+
+    with openai.OpenAI(api_key=scaling.key, base_url=f"{scaling.url}/v1", max_retries=0) as c:
+        t0 = time.monotonic()
+        answer = c.chat.completions.create(
+            model=ZERO, messages=[{"role": "user", "content": "wake up"}], max_tokens=4
+        )
+        cold_s = time.monotonic() - t0
+    assert answer.choices[0].finish_reason and answer.usage.completion_tokens > 0
+    print(f"\nscale from zero: request answered after {cold_s:.1f} s", flush=True)
+    seen = scaling.replicas(ZERO)
+    assert seen["running"] == 1 and seen["decision"] == "up request_while_scaled_to_zero"
+
+    t0 = time.monotonic()
+    seen = scaling.wait_for(ZERO, "back at zero", lambda r: r.get("running") == 0, 120)
+    print(f"idle model back at zero {time.monotonic() - t0:.0f} s after its last request")
+    assert seen["decision"] == "down idle"
+
+
+async def test_a_flood_adds_a_replica_and_the_drop_removes_it_losing_nothing(scaling) -> None:
+    seen = await _poll(scaling, SCALED)
+    assert (seen["running"], seen["desired"], seen["min"], seen["max"]) == (1, 1, 1, 2)
+    async with openai.AsyncOpenAI(
+        api_key=scaling.key, base_url=f"{scaling.url}/v1", max_retries=0, timeout=600
+    ) as client:
+        flood = Load(client, FLOOD_STREAMS, max_tokens=128)
+        flood.start()
+        t0 = time.monotonic()
+        decided_at = None
+        while time.monotonic() - t0 < 420:
+            await asyncio.sleep(1)
+            seen = await _poll(scaling, SCALED)
+            if seen.get("desired") == 2 and decided_at is None:
+                decided_at = seen["decided_at"]
+            if seen.get("running") == 2:
+                break
+        else:
+            await flood.finish()
+            pytest.fail(f"no second replica under a flood of {FLOOD_STREAMS} streams: {seen}")
+        serving_at = time.time()
+        assert seen["decision"] == "up queue"
+        await asyncio.sleep(5)  # both replicas take requests
+        await flood.finish()
+
+        trickle = Load(client, TRICKLE_STREAMS, max_tokens=256)
+        trickle.start()
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 240:
+            await asyncio.sleep(1)
+            seen = await _poll(scaling, SCALED)
+            if seen.get("running") == 1:
+                break
+        else:
+            await trickle.finish()
+            pytest.fail(f"still two replicas {time.monotonic() - t1:.0f} s after the load dropped")
+        down_at = time.monotonic()
+        assert seen["decision"] == "down low_load"
+        await asyncio.sleep(5)
+        await trickle.finish()
+
+    failures = flood.failures() + trickle.failures()
+    assert not failures, f"{len(failures)} requests lost across the scale events: {failures[:5]}"
+    across = [o for o in trickle.outcomes if o.started < down_at < o.ended]
+    assert across, "no stream was in flight when the second replica was removed"
+    assert decided_at is not None
+    print(
+        f"\nflood: {len(flood.outcomes)} streams, second replica serving "
+        f"{serving_at - decided_at:.0f} s after the decision; low load: "
+        f"{len(trickle.outcomes)} streams, back to one replica {down_at - t1:.0f} s after the "
+        f"drop with {len(across)} streams in flight; requests lost: {len(failures)}",
+        flush=True,
+    )
+
+
+async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
+    """Last in the module: it stops the platform (the fixture then checks the exit)."""
+    async with openai.AsyncOpenAI(
+        api_key=scaling.key, base_url=f"{scaling.url}/v1", max_retries=0, timeout=300
+    ) as client:
+        stream = await client.completions.create(
+            model=SCALED,
+            prompt="drain",
+            max_tokens=1000,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks, finished, usage = 0, None, None
+        async for chunk in stream:
+            chunks += 1
+            if chunks == 3:
+                os.kill(scaling.pid, signal.SIGINT)
+                scaling.stopping = True
+                stopped_at = time.monotonic()
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finished = chunk.choices[0].finish_reason
+            usage = chunk.usage or usage
+    assert finished == "length" and usage is not None and usage.completion_tokens == 1000
+    print(f"\nstream finished {time.monotonic() - stopped_at:.1f} s after Ctrl-C", flush=True)
+    log = scaling.log.read_text(errors="replace")
+    assert "shutting down (requests in flight get up to" in log

@@ -1,0 +1,88 @@
+"""Run `llmplat serve` as a user does, in a session of its own, and stop it with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmplat.settings import Settings
+
+START_TIMEOUT_S = 900
+STOP_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmd:
+            out.append(f"{pid}: {cmd[:120]}")
+    return out
+
+
+def ray_processes(home: Path) -> list[str]:
+    return processes_mentioning(str(Settings(home=home).ray_temp_dir))
+
+
+def launch(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`llmplat serve …` until it says it is serving (fails the test with its log if not)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmplat", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    started = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"llmplat serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if "llmplat is serving" in log.read_text(errors="replace"):
+            break
+        if time.monotonic() - started > START_TIMEOUT_S:
+            proc.kill()
+            pytest.fail(f"platform not ready in {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+    print(f"\nllmplat serve ready in {time.monotonic() - started:.0f} s", flush=True)
+    return proc
+
+
+def stop(
+    proc: subprocess.Popen[bytes], home: Path, log: Path, *, signal_first: bool = True
+) -> None:
+    """Ctrl-C (unless already sent), then: exit 0 and no Ray process left behind."""
+    if signal_first and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"llmplat serve did not stop within {STOP_TIMEOUT_S} s of SIGINT")
+    leftovers = ray_processes(home)
+    deadline = time.monotonic() + 20
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(1)
+        leftovers = ray_processes(home)
+    for line in leftovers:  # clean up, then fail: the platform must do this itself
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert proc.returncode == 0, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+    assert not leftovers, f"Ray processes left behind after shutdown: {leftovers}"
