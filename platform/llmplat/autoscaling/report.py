@@ -12,14 +12,15 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 KV_NAMESPACE = "llmplat-autoscaling"
 PUBLISH_EVERY_S = 1.0
-"""A report unchanged for this long is written again (its ``at`` says it is current)."""
+"""Signals are written at most this often, and an unchanged report at least this often (its
+``at`` says it is current)."""
 FRESH_FOR_S = 15.0
 """A report older than this is not trusted (the controller is gone or restarting)."""
 
@@ -74,6 +75,11 @@ class ScaleReport:
         return self.running == 0 and self.desired > 0
 
 
+def _decisive(r: ScaleReport) -> tuple[object, ...]:
+    return (r.running, r.desired, r.min_replicas, r.max_replicas, r.wanted, r.reason,
+            r.last_decision)  # fmt: skip
+
+
 def _key(model_id: str) -> bytes:
     return model_id.encode()
 
@@ -103,9 +109,11 @@ class ReportPublisher:
         self._last_at = float("-inf")
 
     def publish(self, report: ScaleReport) -> None:
+        """Write now if the replicas or the decision changed; the signals, which move on
+        every tick under load, at most once a second (the policy runs ten times a second)."""
         now = self._clock()
-        same = self._last is not None and replace(self._last, at=report.at) == report
-        if same and now - self._last_at < PUBLISH_EVERY_S:
+        decided = self._last is not None and _decisive(self._last) == _decisive(report)
+        if decided and now - self._last_at < PUBLISH_EVERY_S:
             return
         try:
             self._kv.put(_key(report.model_id), report.to_json())

@@ -320,17 +320,20 @@ def test_reports_what_it_sees_and_why_it_changed(make_cluster) -> None:
     assert report.last_decision.reason == "low_load" and report.last_decision.to_replicas == 1
 
 
-def test_publisher_writes_changes_and_a_heartbeat() -> None:
+def test_publisher_writes_decisions_at_once_and_signals_once_a_second() -> None:
     now = [0.0]
     kv = MemoryKv()
     publisher = ReportPublisher(kv, clock=lambda: now[0])
     r = ScaleReport("m", 1, 1, 1, 2, 1, "steady", 0.2, 0, 0.1, 0.0, None, at=1.0)
     publisher.publish(r)
     publisher.publish(replace(r, at=2.0))
-    assert kv.puts == 1  # same content within a second
+    publisher.publish(replace(r, waiting=3.0, pressure=0.9, at=2.5))
+    assert kv.puts == 1  # only signals moved, within a second
     now[0] = 1.5
-    publisher.publish(replace(r, at=3.0))
-    assert kv.puts == 2  # a heartbeat: readers see a fresh `at`
-    publisher.publish(replace(r, running=2, at=4.0))
-    assert kv.puts == 3  # a change at once
-    assert read_report(kv, "m") == replace(r, running=2, at=4.0)
+    publisher.publish(replace(r, waiting=3.0, at=3.0))
+    assert kv.puts == 2  # a heartbeat: readers see a fresh `at` and the latest signals
+    publisher.publish(replace(r, running=2, at=3.1))
+    assert kv.puts == 3  # a replica more: at once
+    publisher.publish(replace(r, running=2, wanted=2, reason="queue", at=3.2))
+    assert kv.puts == 4  # what the policy wants: at once
+    assert read_report(kv, "m") == replace(r, running=2, wanted=2, reason="queue", at=3.2)
