@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from llmplat.settings import Settings
 from support import MODEL
-from support.platform import free_port, launch, stop
+from support.platform import free_port, launch, platform_home, stop
 
 TEAMS: dict[str, list[str]] = {
     "ide": ["--priority", "interactive", "--rpm", "10000"],
@@ -66,10 +66,7 @@ def _files_containing(root: Path, secret: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
-    shared_models = Settings().models_dir
-    shared_models.mkdir(parents=True, exist_ok=True)
-    home = tmp_path_factory.mktemp("llmplat-home")
-    (home / "models").symlink_to(shared_models)
+    home = platform_home(tmp_path_factory, "llmplat-home")
     key = "llmp_dev_" + secrets.token_urlsafe(24)
     admin_token = "llmp_admin_" + secrets.token_urlsafe(24)
     port = free_port()

@@ -27,8 +27,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmplat.settings import Settings
-from support.platform import free_port, launch, stop
+from support.platform import free_port, launch, platform_home, stop
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "autoscale.yaml"
 SCALED = "tiny-mixtral"
@@ -76,10 +75,7 @@ class ScalingPlatform:
 
 @pytest.fixture(scope="module")
 def scaling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScalingPlatform]:
-    shared_models = Settings().models_dir
-    shared_models.mkdir(parents=True, exist_ok=True)
-    home = tmp_path_factory.mktemp("llmplat-autoscale")
-    (home / "models").symlink_to(shared_models)
+    home = platform_home(tmp_path_factory, "llmplat-autoscale")
     key = "llmp_dev_" + secrets.token_urlsafe(24)
     port = free_port()
     env = os.environ | {

@@ -42,6 +42,16 @@ def ray_processes(home: Path) -> list[str]:
     return processes_mentioning(str(Settings(home=home).ray_temp_dir))
 
 
+def platform_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh LLMPLAT_HOME (so the platform's Ray processes are identifiable) whose models/
+    links to the shared model cache (the tiny model is built once per machine)."""
+    shared_models = Settings().models_dir
+    shared_models.mkdir(parents=True, exist_ok=True)
+    home = tmp_path_factory.mktemp(name)
+    (home / "models").symlink_to(shared_models)
+    return home
+
+
 def launch(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`llmplat serve …` until it says it is serving (fails the test with its log if not)."""
     with log.open("wb") as out:
