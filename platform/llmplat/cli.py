@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the configured models on local Ray")
-    serve.add_argument("--config", help="platform config YAML (default configs/local.yaml)")
+    serve.add_argument(
+        "--config",
+        help="platform config YAML, or a name from configs/ such as 'autoscale' "
+        "(default configs/local.yaml)",
+    )
     serve.add_argument("--port", type=int, help="HTTP port (default LLMPLAT_PORT or 8000)")
     serve.set_defaults(func=cmd_serve)
 

@@ -252,7 +252,9 @@ class Settings(BaseSettings):
         description="Folder with models/*.yaml profiles and platform configs.",
     )
     config: Path | None = Field(
-        None, description="Platform config YAML; default <config_dir>/local.yaml."
+        None,
+        description="Platform config YAML, or the name of one in <config_dir> ('autoscale' "
+        "for <config_dir>/autoscale.yaml); default <config_dir>/local.yaml.",
     )
     host: str = Field("127.0.0.1", description="Address the HTTP endpoint binds to.")
     engine_metrics_port: int = Field(
@@ -349,7 +351,12 @@ class Settings(BaseSettings):
         return None if sink == "none" else sink
 
     def resolved_config(self) -> Path:
-        return self.config if self.config is not None else self.config_dir / "local.yaml"
+        if self.config is None:
+            return self.config_dir / "local.yaml"
+        if self.config.exists() or len(self.config.parts) > 1:
+            return self.config
+        named = self.config_dir / f"{self.config.name.removesuffix('.yaml')}.yaml"
+        return named if named.exists() else self.config
 
     @property
     def models_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,20 @@ def test_cli_reports_bad_settings_in_one_line_each(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert "LLMPLAT_ADMIN_TOKEN" in err and "at least 32" in err and "hunter2" not in err
     assert "Traceback" not in err
+
+
+def test_config_by_name_or_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a user's directory: no configs/ here
+    settings = Settings(home=tmp_path / "home")
+    assert settings.resolved_config() == settings.config_dir / "local.yaml"
+    named = settings.model_copy(update={"config": Path("autoscale")})
+    assert named.resolved_config() == settings.config_dir / "autoscale.yaml"
+    assert named.resolved_config().is_file()
+    with_suffix = settings.model_copy(update={"config": Path("autoscale.yaml")})
+    assert with_suffix.resolved_config() == settings.config_dir / "autoscale.yaml"
+    (tmp_path / "autoscale.yaml").write_text("models: [tiny-mixtral-cpu]\n")
+    assert with_suffix.resolved_config() == Path("autoscale.yaml")  # a file here wins
+    elsewhere = settings.model_copy(update={"config": Path("my/platform.yaml")})
+    assert elsewhere.resolved_config() == Path("my/platform.yaml")  # a path stays a path
+    unknown = settings.model_copy(update={"config": Path("nope")})
+    assert unknown.resolved_config() == Path("nope")  # the loader names it in its error
