@@ -70,6 +70,7 @@ test-gpu: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/gateway.py
 	$(BIN)/python benchmarks/admission.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/loop_lag.py

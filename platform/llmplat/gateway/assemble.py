@@ -59,7 +59,10 @@ def assemble_state(
         audit = AuditLog(config.audit_sink)
 
         def record(rec: RequestRecord) -> None:
-            log_record(rec)
+            # The audit line has every request; the server log only the failures (a log
+            # record through Ray's handlers cost ~7 % of the gateway's CPU per request).
+            if rec.status >= 500:
+                log_record(rec)
             audit.write(rec)
 
         state.on_finish = record

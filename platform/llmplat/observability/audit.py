@@ -1,20 +1,23 @@
 """One JSON line per request: who, which model, outcome, tokens, latency. Never any text.
 
-Lines go through a queue to a background thread (``QueueHandler``/``QueueListener``), so
-the event loop never blocks on the sink's I/O.
+Lines are gathered on the event loop and handed to a writer thread in batches (at most every
+``flush_interval_s``, or at ``MAX_BATCH`` lines): one thread wake-up per batch instead of one
+per request, so the event loop never blocks on the sink's I/O and does not trade the GIL
+with the writer on every request (a line per request through a logging queue cost the
+gateway ~40 % of its own CPU under load).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
-import logging.handlers
 import os
 import queue
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from llmplat.gateway.state import RequestRecord
 
@@ -43,32 +46,66 @@ def audit_line(record: RequestRecord) -> dict[str, Any]:
 AUDIT_FILE_MODE = 0o600
 
 
-class AuditLog:
-    """Writes audit lines to a file (appending) or stdout, off the event loop."""
+FLUSH_INTERVAL_S = 0.1
+MAX_BATCH = 512
 
-    def __init__(self, sink: str | Path) -> None:
-        self._logger = logging.getLogger(f"llmplat.audit.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
+
+class AuditLog:
+    """Appends audit lines to a file, or writes them to stdout, from a thread of its own."""
+
+    def __init__(self, sink: str | Path, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         if str(sink) == "-":
-            handler: logging.Handler = logging.StreamHandler(sys.stdout)
+            self._stream: TextIO = sys.stdout
+            self._owned = False
         else:
             path = Path(sink)
             path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only: who called which model when is not for other users of the node.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, AUDIT_FILE_MODE))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, AUDIT_FILE_MODE)
             os.chmod(path, AUDIT_FILE_MODE)  # also a file an older version created
-            handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._handler = handler
-        q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self._logger.addHandler(logging.handlers.QueueHandler(q))
-        self._listener = logging.handlers.QueueListener(q, handler)
-        self._listener.start()
+            self._stream = os.fdopen(fd, "a", encoding="utf-8")
+            self._owned = True
+        self._interval = flush_interval_s
+        self._lines: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._batches: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_batches, name="llmplat-audit")
+        self._writer.daemon = True
+        self._writer.start()
 
     def write(self, record: RequestRecord) -> None:
-        self._logger.info(json.dumps(audit_line(record), separators=(",", ":")))
+        self._lines.append(json.dumps(audit_line(record), separators=(",", ":")))
+        if len(self._lines) >= MAX_BATCH:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a script, a test): write at once
+                self.flush()
+                return
+            self._timer = loop.call_later(self._interval, self.flush)
+
+    def flush(self) -> None:
+        """Hand the lines gathered so far to the writer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            self._batches.put(self._lines)
+            self._lines = []
+
+    def _write_batches(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            try:
+                self._stream.write("".join(f"{line}\n" for line in batch))
+                self._stream.flush()
+            except OSError as exc:  # a full disk must not stop serving; say so on stderr
+                print(f"llmplat: writing the audit log failed: {exc}", file=sys.stderr)
 
     def close(self) -> None:
-        self._listener.stop()
-        self._handler.close()
+        """Write everything gathered, then stop the writer."""
+        self.flush()
+        self._batches.put(None)
+        self._writer.join(timeout=10)
+        if self._owned:
+            self._stream.close()
