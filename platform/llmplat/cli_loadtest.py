@@ -70,6 +70,8 @@ def cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
     host = host.removesuffix("/v1")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out) if args.out else Path("loadtest-results") / f"{scenario.name}-{stamp}"
+    # Absolute: Locust runs with this folder as its working directory.
+    out_dir = out_dir.resolve()
     opts = RunOptions(
         scenario=scenario,
         host=host,

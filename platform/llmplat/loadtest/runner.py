@@ -131,6 +131,8 @@ def _run_locust(opts: RunOptions, spec_path: Path, keys: dict[str, str]) -> None
 
 def run_loadtest(opts: RunOptions) -> RunOutcome:
     """Provision, run, judge, report; raises RunError/ProvisionError when the run breaks."""
+    # Locust runs inside out_dir: every path handed to it must not depend on our cwd.
+    opts.out_dir = opts.out_dir.resolve()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with TeamProvisioner(opts.host, opts.admin_token, prefix=opts.team_prefix) as prov:

@@ -17,7 +17,9 @@ from support import ADMIN_TOKEN
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-async def _llmplat(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+async def _llmplat(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -25,6 +27,7 @@ async def _llmplat(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
         "loadtest",
         *args,
         env={**os.environ, **env},
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -75,6 +78,26 @@ async def test_run_passes_keeps_keys_secret_and_cleans_up(paced_url: str, tmp_pa
     secret = given["key"].split("_", 2)[2]
     leaked = [str(p) for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaked and secret not in stdout + stderr and ADMIN_TOKEN not in stdout + stderr
+
+
+async def test_default_output_folder_is_relative_to_where_it_runs(
+    paced_url: str, tmp_path: Path
+) -> None:
+    """As the README shows it: no --out, from the user's directory."""
+    async with httpx.AsyncClient(base_url=paced_url, headers=ADMIN) as admin:
+        await admin.post("/admin/teams", json={"name": "editors"})
+        given = (await admin.post("/admin/teams/editors/keys", json={})).json()
+    rc, stdout, stderr = await _llmplat(
+        "--scenario", "smoke", "--host", f"{paced_url}/v1", "--duration", "4s", "--users", "2",
+        env={"LLMPLAT_ADMIN_TOKEN": ADMIN_TOKEN, "LLMPLAT_LOADTEST__KEYS__IDE": given["key"]},
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert rc in (0, 1), stdout + stderr  # a verdict either way, not a crash (exit 3)
+    (run,) = (tmp_path / "loadtest-results").iterdir()
+    assert run.name.startswith("smoke-")
+    for name in ("report.html", "summary.json", "run.json"):
+        assert (run / name).is_file(), name
+    assert f"report: {run / 'report.html'}" in stdout
 
 
 async def test_failed_objective_exits_1(paced_url: str, tmp_path: Path) -> None:
