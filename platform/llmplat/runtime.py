@@ -133,22 +133,47 @@ def prepare_environment(settings: Settings) -> None:
     export_defaults(env)
 
 
-def user_ports(settings: Settings) -> list[int]:
+def user_ports(settings: Settings) -> list[tuple[int, str]]:
+    """The ports a local platform listens on, each with the setting that moves it."""
     count = settings.gateway.replicas if settings.gateway.direct_ingress else 1
-    ports = [settings.port + i for i in range(count)]
-    return ports + ([settings.engine_metrics_port] if not settings.ray_address else [])
+    ports = [(settings.port + i, "LLMPLAT_PORT") for i in range(count)]
+    if settings.ray_address:
+        return ports
+    return [*ports, (settings.engine_metrics_port, "LLMPLAT_ENGINE_METRICS_PORT")]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Fail fast (instead of a proxy that never binds) when the port is taken."""
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR as the servers set it
+    (asyncio/uvicorn, Ray's exporter): connections of a stopped platform still in
+    TIME_WAIT do not block a restart."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError as exc:
-            raise PlatformStartError(
-                f"cannot listen on {host}:{port} ({exc.strerror}); "
-                "stop what uses it or set LLMPLAT_PORT"
-            ) from exc
+        except OSError:
+            return False
+    return True
+
+
+def check_port_free(host: str, port: int, setting: str = "LLMPLAT_PORT") -> None:
+    """Fail fast (instead of a proxy that never binds) when the port is taken."""
+    if not port_free(host, port):
+        raise PlatformStartError(
+            f"cannot listen on {host}:{port} (address already in use); "
+            f"stop what uses it or set {setting}"
+        )
+
+
+def with_free_metrics_port(settings: Settings, say: Callable[[str], None]) -> Settings:
+    """The default engine metrics port, when another platform holds it, moves to a free
+    one (so two platforms run side by side); a port the user chose is checked as given."""
+    port = settings.engine_metrics_port
+    explicit = "engine_metrics_port" in settings.model_fields_set
+    if settings.ray_address or explicit or port_free(settings.host, port):
+        return settings
+    free = _free_port(settings.host)
+    say(f"port {port} is taken: engine metrics on {free} (LLMPLAT_ENGINE_METRICS_PORT)")
+    return settings.model_copy(update={"engine_metrics_port": free})
 
 
 def start_platform(
@@ -168,8 +193,9 @@ def start_platform(
     from ray import serve
 
     say = progress or (lambda _msg: None)
-    for port in user_ports(settings):
-        check_port_free(settings.host, port)
+    settings = with_free_metrics_port(settings, say)
+    for port, setting in user_ports(settings):
+        check_port_free(settings.host, port, setting)
     proxy_port = _free_port(settings.host) if settings.gateway.direct_ingress else settings.port
     prepare_environment(settings)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,13 @@ import socket
 import pytest
 
 from llmplat.cli import main
-from llmplat.runtime import PlatformStartError, check_port_free
+from llmplat.runtime import (
+    PlatformStartError,
+    check_port_free,
+    user_ports,
+    with_free_metrics_port,
+)
+from llmplat.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +33,52 @@ def test_port_in_use_is_a_clear_error() -> None:
         port = sock.getsockname()[1]
         with pytest.raises(PlatformStartError, match=f"127.0.0.1:{port}.*LLMPLAT_PORT"):
             check_port_free("127.0.0.1", port)
+
+
+def test_a_restart_is_not_blocked_by_connections_in_time_wait() -> None:
+    """A platform stopped after a load test leaves its side of closed connections in
+    TIME_WAIT; the pre-check binds as the server will (SO_REUSEADDR), so it starts again."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's listener
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server closes first: its end goes to TIME_WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the old check did: refused
+    check_port_free("127.0.0.1", port)
+
+
+def test_the_busy_port_names_its_own_setting(tmp_path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        chosen = Settings(home=tmp_path, engine_metrics_port=port)
+        ((_, name),) = [p for p in user_ports(chosen) if p[0] == port]
+        with pytest.raises(PlatformStartError, match=f":{port}.*LLMPLAT_ENGINE_METRICS_PORT"):
+            check_port_free("127.0.0.1", port, name)
+        # A port the user chose is checked as given, never moved.
+        assert with_free_metrics_port(chosen, print).engine_metrics_port == port
+
+
+def test_a_second_platform_moves_off_the_default_metrics_port(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("LLMPLAT_ENGINE_METRICS_PORT", raising=False)
+    default = Settings(home=tmp_path)
+    said: list[str] = []
+    with socket.socket() as sock:  # another platform's exporter holds the default port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", default.engine_metrics_port))
+        except OSError:
+            pass  # already taken on this machine: the same situation
+        sock.listen()
+        moved = with_free_metrics_port(default, said.append)
+    assert moved.engine_metrics_port != default.engine_metrics_port
+    assert said and "LLMPLAT_ENGINE_METRICS_PORT" in said[0]
 
 
 def test_serve_with_bad_config_exits_2_naming_the_file(tmp_path, capsys, monkeypatch) -> None:
