@@ -65,8 +65,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     prepare_environment(settings)  # before anything imports ray.serve
 
+    from llmplat.config.profiles import drain_seconds
     from llmplat.engine.llm_config import ModelSourceError
-    from llmplat.serving.builder import build_application, build_models, drain_seconds
+    from llmplat.serving.builder import build_application, build_models
 
     try:
         models = build_models(platform, settings, progress=_progress)
@@ -82,7 +83,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             lambda: build_application(models, settings),
             progress=_progress,
-            drain_s=drain_seconds(models),
+            drain_s=drain_seconds(platform.profiles),
         )
     except PlatformStartError as exc:
         _err(f"llmplat: failed to start: {exc}")

@@ -18,28 +18,44 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmplat.settings import Settings
 
 
+def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """A metric's samples: (labels, value)."""
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
 def _sum_samples(text: str, name: str) -> dict[str, float]:
     """Sum of a metric's samples by model."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                model = s.labels.get("model", "")
-                out[model] = out.get(model, 0.0) + s.value
+    for labels, value in _samples(text, name):
+        model = labels.get("model", "")
+        out[model] = out.get(model, 0.0) + value
     return out
 
 
-def _by_model(text: str, name: str, label: str | None = None) -> dict[str, dict[str, float]]:
-    """A gauge's samples by model, keyed by another label's value (or the sample name)."""
+def replicas_by_model(text: str) -> dict[str, dict[str, float]]:
+    """Autoscaled models' replicas by state (running, desired, min, max)."""
     out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                key = s.labels.get(label, "") if label else s.name
-                if label == "reason":
-                    key = f"{s.labels.get('direction', '')} {key}"
-                out.setdefault(s.labels.get("model", ""), {})[key] = s.value
+    for labels, value in _samples(text, "llmplat_model_replicas"):
+        out.setdefault(labels["model"], {})[labels["state"]] = value
     return out
+
+
+def decisions_by_model(text: str) -> dict[str, tuple[str, float | None]]:
+    """Each autoscaled model's last decision: ("<direction> <reason>", unix time)."""
+    at = dict(
+        (labels["model"], value)
+        for labels, value in _samples(text, "llmplat_autoscaling_last_decision_timestamp_seconds")
+    )
+    return {
+        labels["model"]: (f"{labels['direction']} {labels['reason']}", at.get(labels["model"]))
+        for labels, value in _samples(text, "llmplat_autoscaling_last_decision")
+        if value == 1
+    }
 
 
 def _fmt_limit(used: int, limit: int | None) -> str:
@@ -64,19 +80,10 @@ def collect(url: str, admin_token: str | None, interval_s: float = 1.0) -> dict[
         elapsed = time.monotonic() - t0
     tokens_name = "llmplat_completion_tokens_total"
     t_before, t_after = _sum_samples(before, tokens_name), _sum_samples(after, tokens_name)
-    decided_at = _by_model(after, "llmplat_autoscaling_last_decision_timestamp_seconds")
     return {
         "ready": ready.json(),
-        "replicas": _by_model(after, "llmplat_model_replicas", "state"),
-        "decisions": {
-            model: (
-                next(iter(d)),
-                decided_at.get(model, {}).get(
-                    "llmplat_autoscaling_last_decision_timestamp_seconds"
-                ),
-            )
-            for model, d in _by_model(after, "llmplat_autoscaling_last_decision", "reason").items()
-        },
+        "replicas": replicas_by_model(after),
+        "decisions": decisions_by_model(after),
         "in_flight": _sum_samples(after, "llmplat_requests_in_flight"),
         "tokens_per_s": {m: (v - t_before.get(m, 0.0)) / elapsed for m, v in t_after.items()},
         "deployments": status.json()["deployments"]

@@ -7,7 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from llmplat.autoscaling.report import DecisionEvent, ScaleReport
-from llmplat.cli_status import _by_model, render
+from llmplat.cli_status import decisions_by_model, render, replicas_by_model
 from llmplat.observability.metrics import GatewayMetrics
 
 
@@ -23,8 +23,8 @@ def test_render_shows_replicas_and_the_last_decision() -> None:
     text = generate_latest(metrics.registry).decode()
     data = {
         "ready": {"status": "ready", "models": {"big": "ready", "zero": "scaled to zero"}},
-        "replicas": _by_model(text, "llmplat_model_replicas", "state"),
-        "decisions": {"big": ("up queue", up.at)},
+        "replicas": replicas_by_model(text),
+        "decisions": decisions_by_model(text),
         "in_flight": {},
         "tokens_per_s": {},
         "deployments": None,

@@ -53,17 +53,18 @@ REASONS = (
 
 @dataclass(frozen=True)
 class Objective:
-    """What a profile asks of each replica (``policy_kwargs``, JSON)."""
+    """What a profile asks of each replica (``policy_kwargs``, JSON). The values and their
+    defaults are the profile's (``AutoscalingSpec``); an absent ``target_ttft_s`` is off."""
 
     model_id: str
     min_replicas: int
     max_replicas: int
     max_num_seqs: int
-    target_waiting_requests: float = 2.0
-    target_kv_cache_usage: float = 0.85
+    target_waiting_requests: float
+    target_kv_cache_usage: float
+    target_ongoing_requests: float
+    scale_down_below: float
     target_ttft_s: float | None = None
-    target_ongoing_requests: float = 32.0
-    scale_down_below: float = 0.6
 
 
 @dataclass(frozen=True)

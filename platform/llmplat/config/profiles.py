@@ -7,6 +7,7 @@ batching, caching, dtype) and how Ray Serve places and scales it. The same profi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -280,7 +281,7 @@ class ModelProfile(_Strict):
         return self.source.startswith(BUILTIN_PREFIX)
 
 
-def drain_seconds(profiles: list[ModelProfile]) -> float:
+def drain_seconds(profiles: Iterable[ModelProfile]) -> float:
     """How long stopping a platform (or an upgrade's old cluster) lets requests in flight
     finish: the longest model drain plus a margin."""
     return max(p.serving.drain_grace_s for p in profiles) + DRAIN_MARGIN_S

@@ -194,7 +194,7 @@ def layout_values(
     }
     layout["models"] = [_layout_entry(f) for f in fitted]
     # An upgrade's old cluster keeps serving what it has for this long after the switch.
-    layout["drainSeconds"] = math.ceil(drain_seconds([f.profile for f in fitted]))
+    layout["drainSeconds"] = math.ceil(drain_seconds(f.profile for f in fitted))
     return {
         "layout": layout,
         "modelWorkers": pod,

@@ -147,6 +147,8 @@ class GatewayMetrics:
             ["model"],
             registry=registry,
         )
+        self._decision_shown: dict[str, tuple[str, str, str]] = {}
+        """The labels of each model's last decision series (one per model is on show)."""
 
     def model_starting(self, model: str) -> None:
         self.cold_start_rejections.labels(self.model_label(model)).inc()
@@ -169,10 +171,12 @@ class GatewayMetrics:
         if last is not None:
             self.scale_decision_time.labels(model).set(last.at)
             direction = "up" if last.to_replicas > last.from_replicas else "down"
-            for labels in list(self.scale_decision._metrics):
-                if labels[0] == model:
-                    self.scale_decision.remove(*labels)
-            self.scale_decision.labels(model, direction, last.reason).set(1)
+            shown = (model, direction, last.reason)
+            previous = self._decision_shown.get(model)
+            if previous is not None and previous != shown:
+                self.scale_decision.remove(*previous)
+            self.scale_decision.labels(*shown).set(1)
+            self._decision_shown[model] = shown
 
     def model_label(self, model: str | None) -> str:
         return model if model in self._models else UNKNOWN_MODEL

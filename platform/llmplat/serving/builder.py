@@ -11,8 +11,7 @@ from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from llmplat.config.loader import LoadedPlatform
-from llmplat.config.profiles import ModelProfile
-from llmplat.config.profiles import drain_seconds as profile_drain_seconds
+from llmplat.config.profiles import ModelProfile, drain_seconds
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.gateway.state import GatewayConfig, GatewayModel
 from llmplat.serving.gateway_deployment import Gateway
@@ -40,11 +39,6 @@ def build_models(
         config = build_llm_config(profile, settings, path)
         out.append(BuiltModel(profile.model_id, path, config, profile))
     return out
-
-
-def drain_seconds(models: list[BuiltModel]) -> float:
-    """How long a stopping gateway waits for its requests (see :func:`profiles.drain_seconds`)."""
-    return profile_drain_seconds([m.profile for m in models])
 
 
 def gateway_config(
@@ -106,7 +100,7 @@ def build_application(
         num_replicas=settings.gateway.replicas,
         ray_actor_options=actor_options,
         max_ongoing_requests=10_000,
-        graceful_shutdown_timeout_s=drain_seconds(models),
+        graceful_shutdown_timeout_s=drain_seconds(m.profile for m in models),
         graceful_shutdown_wait_loop_s=1.0,
     )
     config = gateway_config(models, settings, secrets_from_environment=secrets_from_environment)

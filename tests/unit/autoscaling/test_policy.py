@@ -145,7 +145,16 @@ def changes_of_direction(history: list[int]) -> int:
 
 # --------------------------------------------------------------------------- decide()
 
-OBJ = Objective(model_id="m", min_replicas=1, max_replicas=8, max_num_seqs=SEQS)
+OBJ = Objective(
+    model_id="m",
+    min_replicas=1,
+    max_replicas=8,
+    max_num_seqs=SEQS,
+    target_waiting_requests=2.0,
+    target_kv_cache_usage=0.85,
+    target_ongoing_requests=32,
+    scale_down_below=0.6,
+)
 
 
 def test_queue_pressure_asks_for_replicas_in_proportion() -> None:
