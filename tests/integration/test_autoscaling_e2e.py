@@ -123,13 +123,18 @@ class Load:
                 max_tokens=self.max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},  # every stream runs to max_tokens
             )
             finished, usage = None, None
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].finish_reason:
                     finished = chunk.choices[0].finish_reason
                 usage = chunk.usage or usage
-            out.ok = finished is not None and usage is not None
+            out.ok = (
+                finished == "length"
+                and usage is not None
+                and usage.completion_tokens == self.max_tokens
+            )
             out.error = None if out.ok else f"cut short: finish={finished} usage={usage}"
         except Exception as exc:  # every failure is counted, never raised past the load
             out.error = f"{type(exc).__name__}: {exc}"
@@ -251,6 +256,7 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
             max_tokens=1000,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},  # random weights may sample EOS early
         )
         chunks, finished, usage = 0, None, None
         async for chunk in stream:
@@ -262,7 +268,9 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
             if chunk.choices and chunk.choices[0].finish_reason:
                 finished = chunk.choices[0].finish_reason
             usage = chunk.usage or usage
-    assert finished == "length" and usage is not None and usage.completion_tokens == 1000
+    assert finished == "length" and usage is not None and usage.completion_tokens == 1000, (
+        f"stream cut short: finish={finished} usage={usage}"
+    )
     print(f"\nstream finished {time.monotonic() - stopped_at:.1f} s after Ctrl-C", flush=True)
     log = scaling.log.read_text(errors="replace")
     assert "shutting down (requests in flight get up to" in log
