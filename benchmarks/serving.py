@@ -269,6 +269,12 @@ def _wait_quiet(limit: float = 0.25, timeout_s: float = 120) -> None:
         print(f"  waiting for the machine to settle ({busy:.0%} busy)", flush=True)
 
 
+BARE_WITHOUT = ("tool_call_parser", "enable_auto_tool_choice")
+"""Bare vLLM runs without automatic tool choice: vLLM 0.29 then builds the Mistral parser's
+lexer for every chat request (~50 ms of CPU; llmplat.engine.parser_cache builds it once), and
+the baseline is vLLM at its fastest."""
+
+
 def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[str], dict]:
     profile = load_profile("tiny-mixtral-cpu", settings.config_dir)
     args = [
@@ -286,12 +292,16 @@ def bare_vllm_cmd(model_dir: str, port: int, settings: Settings) -> tuple[list[s
         "--no-enable-log-requests",
     ]
     for k, v in engine_kwargs(profile).items():
+        if k in BARE_WITHOUT:
+            continue
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
             if v:
                 args.append(flag)
             elif k == "enable_prefix_caching":
                 args.append("--no-enable-prefix-caching")
+        elif isinstance(v, dict):
+            args += [flag, json.dumps(v)]
         else:
             args += [flag, str(v)]
     env = CLEAN_ENV | offline_env(settings) | cpu_engine_env(profile, settings)

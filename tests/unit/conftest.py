@@ -73,7 +73,12 @@ async def gateway(
         await e.start()
     config = GatewayConfig(
         models=tuple(
-            GatewayModel(model_id=m, max_model_len=256, model_dir=str(model_dirs[m]))
+            GatewayModel(
+                model_id=m,
+                max_model_len=256,
+                model_dir=str(model_dirs[m]),
+                auto_tool_choice=m == MODEL,  # PLAIN_MODEL: a profile without a parser
+            )
             for m in engines
         ),
         dev_api_key=SecretStr(DEV_KEY),

@@ -47,6 +47,12 @@ class EngineSpec(_Strict):
     max_num_batched_tokens: int | None = Field(
         None, ge=16, description="Tokens per scheduler step; vLLM picks one when unset."
     )
+    tokenizer_mode: Literal["auto", "hf", "mistral", "slow"] = Field(
+        "auto",
+        description="How vLLM tokenizes and renders chats: 'mistral' uses mistral_common, "
+        "Mistral's reference encoder (tool calls and results included), as the gateway does "
+        "when it counts a prompt; needs tokenizer.model.v3 or tekken.json with the weights.",
+    )
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prefixes.")
     scheduling_policy: Literal["priority", "fcfs"] = Field(
         "priority", description="'priority' lets team priority classes order the queue."
@@ -220,6 +226,46 @@ class ServingSpec(_Strict):
     )
 
 
+class StructuredOutputsSpec(_Strict):
+    """How vLLM constrains output to a JSON schema, a regex or a grammar
+    (``response_format``, named or required ``tool_choice``, ``structured_outputs``)."""
+
+    backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = Field(
+        "auto", description="Grammar engine; 'auto' lets vLLM choose per request."
+    )
+    disable_any_whitespace: bool = Field(
+        False,
+        description="Generated JSON has no free whitespace between tokens: compact output, and "
+        "a model cannot spend max_tokens on blank space (needs backend xgrammar or guidance).",
+    )
+
+    @model_validator(mode="after")
+    def _whitespace_backend(self) -> StructuredOutputsSpec:
+        if self.disable_any_whitespace and self.backend not in ("xgrammar", "guidance"):
+            raise ValueError(
+                "disable_any_whitespace needs backend 'xgrammar' or 'guidance' "
+                f"(not {self.backend!r})"
+            )
+        return self
+
+
+class ToolsSpec(_Strict):
+    """Tool calling and structured outputs of the OpenAI chat API."""
+
+    tool_call_parser: str | None = Field(
+        None,
+        description="vLLM's parser of the model's tool-call format ('mistral' for Mistral "
+        "models). Without one, tool_choice 'auto' is refused; named and 'required' tool "
+        "choices still work (they are decoded against the function's schema).",
+    )
+    auto_tool_choice: bool = Field(
+        True,
+        description="With a parser: tool_choice 'auto' (the model decides whether to call a "
+        "tool) is served, and is what a request with tools but no tool_choice gets.",
+    )
+    structured_outputs: StructuredOutputsSpec = Field(default_factory=StructuredOutputsSpec)
+
+
 class HardwareSpec(_Strict):
     """The fleet a profile was laid out for (informational; the planner checks it)."""
 
@@ -251,6 +297,7 @@ class ModelProfile(_Strict):
     accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec)
     engine: EngineSpec
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    tools: ToolsSpec = Field(default_factory=ToolsSpec)
     hardware: HardwareSpec = Field(default_factory=HardwareSpec)
 
     @model_validator(mode="after")

@@ -60,6 +60,7 @@ def engine_kwargs(profile: ModelProfile) -> dict[str, Any]:
         "scheduling_policy": eng.scheduling_policy,
         "enforce_eager": eng.enforce_eager,
         "kv_cache_dtype": eng.kv_cache_dtype,
+        "tokenizer_mode": eng.tokenizer_mode,
     }
     if eng.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = eng.max_num_batched_tokens
@@ -69,7 +70,21 @@ def engine_kwargs(profile: ModelProfile) -> dict[str, Any]:
         kwargs["gpu_memory_utilization"] = eng.gpu_memory_utilization
     if profile.tokenizer:
         kwargs["tokenizer"] = profile.tokenizer
+    kwargs |= tool_kwargs(profile)
     kwargs.update(eng.extra)
+    return kwargs
+
+
+def tool_kwargs(profile: ModelProfile) -> dict[str, Any]:
+    """vLLM's tool-calling (frontend) and structured-output (engine) arguments; Ray Serve LLM
+    hands the frontend ones to vLLM's OpenAI serving layer."""
+    tools = profile.tools
+    kwargs: dict[str, Any] = {
+        "structured_outputs_config": tools.structured_outputs.model_dump(),
+    }
+    if tools.tool_call_parser is not None:
+        kwargs["tool_call_parser"] = tools.tool_call_parser
+        kwargs["enable_auto_tool_choice"] = tools.auto_tool_choice
     return kwargs
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 
 from llmplat.autoscaling.signals import EngineSignals, SignalRecorder
+from llmplat.engine import parser_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SignalingVLLMEngine(VLLMEngine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        parser_cache.install()
         self.signals = SignalRecorder()
         self.reporting = False
 

@@ -50,6 +50,21 @@ def unknown_model(model_id: str) -> NotFound:
     )
 
 
+def _check_tool_choice(body: dict[str, Any], model: GatewayModel) -> None:
+    """``tools`` without ``tool_choice`` mean "auto": the model decides, and the engine must
+    parse its tool calls from free text, which needs a parser in the model's profile."""
+    if model.auto_tool_choice or not body.get("tools"):
+        return
+    if body.get("tool_choice") in (None, "auto"):
+        raise InvalidRequest(
+            f"Model '{model.model_id}' does not choose tools itself: its profile has no "
+            "tool-call parser (tools.tool_call_parser). Name the function in 'tool_choice', "
+            "or send 'required' or 'none'.",
+            param="tool_choice",
+            code="tool_choice_not_supported",
+        )
+
+
 def prepare(state: GatewayState, principal: Principal, raw: bytes, method: Method) -> Prepared:
     """Parse and check ``raw`` for ``principal``; raise an APIError (4xx) on bad input."""
     body = parse_json_object(raw)
@@ -73,6 +88,7 @@ def prepare(state: GatewayState, principal: Principal, raw: bytes, method: Metho
                 f"{state.config.max_messages}.",
                 param="messages",
             )
+        _check_tool_choice(body, model)
         parsed = parse_chat(body)
     else:
         parsed = parse_completion(body, state.fim.get(model_id), model_id)

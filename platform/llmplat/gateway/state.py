@@ -43,6 +43,8 @@ class GatewayModel:
     min_replicas: int = 1
     scale_from_zero_wait_s: float = 120.0
     """How long a request is held while the model starts from zero replicas."""
+    auto_tool_choice: bool = False
+    """The engine parses tool calls from free text (a profile with a tool-call parser)."""
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,17 @@ class _Tokenizer(Protocol):
 
 class _MistralTokenizer:
     def __init__(self, path: Path) -> None:
+        from mistral_common.protocol.instruct.converters import (
+            convert_openai_messages,
+            convert_openai_tools,
+        )
         from mistral_common.protocol.instruct.request import ChatCompletionRequest as MCRequest
         from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
         self._tok = MistralTokenizer.from_file(str(path))
         self._request = MCRequest
+        self._messages = convert_openai_messages
+        self._tools = convert_openai_tools
         raw = self._tok.instruct_tokenizer.tokenizer
         pieces = (raw.id_to_piece(i) for i in range(raw.n_words))
         self.max_chars_per_token = max(len(p) for p in pieces)
@@ -67,11 +73,21 @@ class _MistralTokenizer:
     def encode_chat(self, messages: list[dict[str, Any]], extra: ChatInput) -> list[int]:
         # As vLLM's Mistral renderer: tools are encoded, tool-call ids cut to their last 9
         # characters; documents and template kwargs are not part of a Mistral prompt.
-        request = self._request.from_openai(
-            messages=_short_tool_ids(messages),
-            tools=extra.tools,
-            continue_final_message=extra.continue_final_message,
-        )
+        messages = _short_tool_ids(messages)
+        if extra.continue_final_message:
+            request = self._request.from_openai(
+                messages=messages, tools=extra.tools, continue_final_message=True
+            )
+        else:
+            # What from_openai builds, without the TypeAdapter it makes on every call
+            # (35 → 7 µs for a short turn).
+            request = self._request.model_validate(
+                {
+                    "messages": self._messages(messages),
+                    "tools": self._tools(extra.tools) if extra.tools is not None else None,
+                },
+                extra="ignore",
+            )
         return self._tok.encode_chat_completion(request).tokens
 
 

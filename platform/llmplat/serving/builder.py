@@ -57,6 +57,8 @@ def gateway_config(
                 autoscaled=not m.profile.serving.autoscaling.fixed,
                 min_replicas=m.profile.serving.autoscaling.min_replicas,
                 scale_from_zero_wait_s=m.profile.serving.autoscaling.scale_from_zero_wait_s,
+                auto_tool_choice=m.profile.tools.tool_call_parser is not None
+                and m.profile.tools.auto_tool_choice,
             )
             for m in models
         ),

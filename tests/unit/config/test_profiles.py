@@ -25,6 +25,38 @@ def test_every_shipped_profile_loads_and_maps(settings: Settings, name: str) -> 
     assert cfg.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
 
 
+@pytest.mark.parametrize("name", PROFILES)
+def test_tool_calling_and_structured_outputs_reach_vllm(settings: Settings, name: str) -> None:
+    from vllm.config import StructuredOutputsConfig
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
+    from vllm.tool_parsers import ToolParserManager
+
+    engine = build_llm_config(
+        load_profile(name, settings.config_dir), settings, "/models/x"
+    ).get_engine_config()
+    # Ray Serve LLM hands these to vLLM's OpenAI layer, as `vllm serve` flags would.
+    frontend = FrontendArgs(**engine.frontend_kwargs)
+    assert frontend.enable_auto_tool_choice and frontend.tool_call_parser == "mistral"
+    assert ToolParserManager.get_tool_parser("mistral")
+    structured = StructuredOutputsConfig(**engine.engine_kwargs["structured_outputs_config"])
+    assert structured.backend == "xgrammar" and structured.disable_any_whitespace
+    # vLLM renders chats (tools, tool results) with mistral_common, as the gateway counts them.
+    assert engine.engine_kwargs["tokenizer_mode"] == "mistral"
+
+
+def test_tools_off_without_a_parser(tmp_path, settings: Settings) -> None:
+    data = _tiny(settings)
+    del data["tools"]
+    kwargs = build_llm_config(
+        load_profile(str(_write(tmp_path, data)), settings.config_dir), settings, "/m"
+    ).engine_kwargs
+    assert "tool_call_parser" not in kwargs and "enable_auto_tool_choice" not in kwargs
+    assert kwargs["structured_outputs_config"] == {
+        "backend": "auto",
+        "disable_any_whitespace": False,
+    }
+
+
 def test_tiny_profile_is_cpu_with_thread_binding(settings: Settings) -> None:
     cfg = build_llm_config(load_profile("tiny-mixtral-cpu", settings.config_dir), settings, "/m")
     assert cfg.accelerator_config.kind == "cpu"
@@ -95,6 +127,11 @@ def _tiny(settings: Settings) -> dict:
         ),
         (lambda d: d["engine"].update(extra={"max_model_len": 5}), "extra must not repeat"),
         (lambda d: d["serving"]["autoscaling"].update(min_replicas=3), "min_replicas"),
+        (
+            lambda d: d["tools"]["structured_outputs"].update(backend="outlines"),
+            "disable_any_whitespace needs backend",
+        ),
+        (lambda d: d["tools"].update(tool_parser="mistral"), "tools.tool_parser"),
     ],
 )
 def test_bad_profile_names_file_and_field(tmp_path, settings, mutate, field: str) -> None:

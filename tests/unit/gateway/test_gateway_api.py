@@ -95,6 +95,43 @@ async def test_fim_rejected_for_model_without_fim_tokens(client) -> None:
     assert exc.value.body["param"] == "suffix"
 
 
+TOOL = {
+    "type": "function",
+    "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+}
+
+
+@pytest.mark.parametrize("choice", [openai.NOT_GIVEN, "auto"])
+async def test_auto_tool_choice_needs_a_parser_in_the_profile(client, records, choice) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        await client.chat.completions.create(
+            model=PLAIN_MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[TOOL],
+            tool_choice=choice,
+            max_tokens=2,
+        )
+    assert exc.value.body["code"] == "tool_choice_not_supported"
+    assert exc.value.body["param"] == "tool_choice"
+    assert "tools.tool_call_parser" in exc.value.body["message"]
+    assert records[-1].status == 400
+    # Named, required and none need no parser; a model with one takes "auto".
+    for model, choice in [
+        (PLAIN_MODEL, {"type": "function", "function": {"name": "lookup"}}),
+        (PLAIN_MODEL, "required"),
+        (PLAIN_MODEL, "none"),
+        (MODEL, "auto"),
+    ]:
+        resp = await client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[TOOL],
+            tool_choice=choice,
+            max_tokens=2,
+        )
+        assert resp.choices[0].finish_reason
+
+
 async def test_missing_key_is_401(http) -> None:
     r = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert r.status_code == 401

@@ -80,8 +80,17 @@ def _vllm_mistral_count(model_dir: Path, messages: list[dict[str, Any]], tools: 
         ([{"role": "user", "content": "What is the weather in Paris?"}], None),
         ([{"role": "user", "content": "What is the weather in Paris?"}], TOOLS),
         (TOOL_CONVERSATION, TOOLS),
+        (
+            [
+                {"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+                {"role": "assistant", "content": "Paris"},
+                {"role": "user", "content": "And of Italy?"},
+            ],
+            None,
+        ),
     ],
-    ids=["plain", "tools", "tool-calls"],
+    ids=["plain", "tools", "tool-calls", "system-multi-turn-parts"],
 )
 def test_mistral_count_matches_vllms_renderer(
     mistral_dir: Path, messages: list[dict[str, Any]], tools: Any
