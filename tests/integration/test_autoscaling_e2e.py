@@ -6,7 +6,8 @@ request arrives and goes back to zero after 20 s idle. Every request goes throug
 official ``openai`` client and must be answered in full: a flood takes the first model from
 one replica to two, and streams in flight when the load drops are finished while it
 returns to one; a request to the model at zero is held while it starts, not failed; and
-Ctrl-C lets a stream in flight finish before the platform stops.
+Ctrl-C lets a stream in flight finish before the platform stops, after which the same
+command starts again at once on the same ports.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class ScalingPlatform:
     key: str
     home: Path
     log: Path
-    pid: int
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
     stopping: bool = False
     """Ctrl-C already sent (by the drain test)."""
 
@@ -87,7 +89,7 @@ def scaling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScalingPlatfor
     }
     log = home / "serve.log"
     proc = launch(["serve", "--config", str(CONFIG)], env, log)
-    platform = ScalingPlatform(f"http://127.0.0.1:{port}", key, home, log, proc.pid)
+    platform = ScalingPlatform(f"http://127.0.0.1:{port}", key, home, log, proc, env)
     try:
         yield platform
     finally:
@@ -262,7 +264,7 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
         async for chunk in stream:
             chunks += 1
             if chunks == 3:
-                os.kill(scaling.pid, signal.SIGINT)
+                os.kill(scaling.proc.pid, signal.SIGINT)
                 scaling.stopping = True
                 stopped_at = time.monotonic()
             if chunk.choices and chunk.choices[0].finish_reason:
@@ -274,3 +276,31 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
     print(f"\nstream finished {time.monotonic() - stopped_at:.1f} s after Ctrl-C", flush=True)
     log = scaling.log.read_text(errors="replace")
     assert "shutting down (requests in flight get up to" in log
+
+
+def _time_wait_sockets(port: int) -> int:
+    """TCP sockets in TIME_WAIT on local ``port`` (what made restarts fail for a minute)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
+                count += 1
+    return count
+
+
+def test_restarts_at_once_on_the_same_ports(scaling) -> None:
+    """After the flood and the Ctrl-C above: the same command, same ports, at once."""
+    assert scaling.stopping, "runs after the Ctrl-C test"
+    scaling.proc.wait(120)
+    port = int(scaling.url.rsplit(":", 1)[1])
+    print(f"\n{_time_wait_sockets(port)} sockets in TIME_WAIT on port {port}", flush=True)
+    log = scaling.home / "serve-again.log"
+    again = launch(["serve", "--config", str(CONFIG)], scaling.env, log)
+    try:
+        deadline = time.monotonic() + 180
+        while (ready := httpx.get(f"{scaling.url}/readyz", timeout=30)).status_code != 200:
+            assert time.monotonic() < deadline, f"not ready again: {ready.text}"
+            time.sleep(2)
+    finally:
+        stop(again, scaling.home, log)
