@@ -12,16 +12,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.readme import REPO, VENV_BIN, block_with, shell_lines
+from support.readme import REPO, VENV_BIN, code_blocks, shell_lines
 
 pytestmark = pytest.mark.integration
 
 
 def _readme_command(readme: Path, scenario: str, live) -> str:
     """The README's load test command for ``scenario``, with the platform's address."""
-    block = block_with(readme, "sh", f"--scenario {scenario}")
-    (line,) = [x for x in shell_lines(block) if f"--scenario {scenario}" in x]
-    return line.replace("http://127.0.0.1:8000", live.url)
+    lines = {
+        line
+        for block in code_blocks(readme, "sh")
+        for line in shell_lines(block)
+        if f"--scenario {scenario} --host http://127.0.0.1:8000" in line
+    }
+    assert len(lines) == 1, f"{readme.name} shows the local {scenario} run as {sorted(lines)}"
+    return lines.pop().replace("http://127.0.0.1:8000", live.url)
 
 
 def _loadtest(live, command: str, cwd: Path, out: Path | None) -> tuple[dict, Path]:

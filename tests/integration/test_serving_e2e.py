@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from mistral_common.protocol.fim.request import FIMRequest
@@ -164,10 +165,22 @@ async def test_missing_and_wrong_key_are_401(live) -> None:
     ) as wrong:
         with pytest.raises(openai.AuthenticationError):
             await wrong.models.list()
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as err:
             await wrong.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "x"}]
             )
+        assert err.value.body["type"] == "authentication_error"
+    # No key at all (no Authorization header), and a header that is not a bearer token.
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}):
+            r = await http.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+                headers=headers,
+            )
+            assert r.status_code == 401, (headers, r.text)
+            assert r.json()["error"]["type"] == "authentication_error"
+            assert r.headers.get("www-authenticate", "").lower().startswith("bearer")
 
 
 async def _stream_tokens(client: openai.AsyncOpenAI, max_tokens: int) -> int:

@@ -53,6 +53,12 @@ def test_update_list_revoke_rotate_delete(home, capsys) -> None:
     assert f"{key_id}" in listing and "revoked" in listing and new_id in listing
     assert "concurrency=2" in listing.split(new_id)[1].splitlines()[0]
     assert main(["keys", "revoke", new_id]) == 0
+    assert f"revoked key '{new_id}' of team 'ide'" in capsys.readouterr().err
+    stored = FileKeyStore(home / "teams.yaml").load().keys
+    assert stored[new_id].revoked and stored[key_id].revoked
+    assert main(["keys", "list", "--team", "ide"]) == 0
+    states = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()}
+    assert states == {key_id: "revoked", new_id: "revoked"}
     assert main(["teams", "delete", "ide"]) == 0
     assert FileKeyStore(home / "teams.yaml").load().keys == {}
 

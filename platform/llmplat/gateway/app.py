@@ -143,9 +143,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = NotFound if exc.status_code == 404 else InvalidRequest
-        err = kind(str(exc.detail), status=exc.status_code)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        route = f"{request.method} {request.url.path[:200]}"
+        if exc.status_code == 404:
+            err: APIError = NotFound(
+                f"Unknown route: {route}. This server answers /v1/models, "
+                "/v1/chat/completions, /v1/completions, /healthz and /readyz.",
+                status=404,
+            )
+        elif exc.status_code == 405:
+            err = InvalidRequest(f"{route}: method not allowed on this route.", status=405)
+        else:
+            err = InvalidRequest(str(exc.detail), status=exc.status_code)
         return error_response(err)
 
     @app.exception_handler(Exception)

@@ -51,6 +51,11 @@ class AuthenticationFailed(APIError):
     status = 401
     type = "authentication_error"
 
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # RFC 6750: a 401 names the scheme the client must use.
+        self.headers.setdefault("WWW-Authenticate", 'Bearer realm="llmplat"')
+
 
 class PermissionDenied(APIError):
     status = 403

@@ -292,8 +292,8 @@ def test_watch_delivers_a_revocation_and_stops_promptly(kube: EmulatorHandle) ->
         revoked_at = time.monotonic()
         other = KubernetesKeyStore(NS, kube.core_v1())  # e.g. the CLI
         other.put_key(key.model_copy(update={"revoked": True}), create=False)
-        w.wait_for(lambda r: r.keys[key.key_id].revoked, timeout=5)
-        assert time.monotonic() - revoked_at < 5
+        w.wait_for(lambda r: r.keys[key.key_id].revoked, timeout=15)
+        assert time.monotonic() - revoked_at < 2.0  # README: within a second or two
 
         stop_at = time.monotonic()
         w.stop.set()
@@ -331,7 +331,9 @@ def test_watch_keeps_trying_when_denied(
         stop_at = time.monotonic()
     assert time.monotonic() - stop_at < 3
     assert w.snapshots == [] and w.error is None
-    assert "namespace 'locked': access denied" in caplog.text
+    denied = [r for r in caplog.records if "namespace 'locked': access denied" in r.getMessage()]
+    # 1 s at retry_s 0.2: the first try and about four more, each logged.
+    assert len(denied) >= 3, [r.getMessage() for r in caplog.records]
 
 
 def test_watch_follows_creates_and_team_deletion(kube: EmulatorHandle) -> None:

@@ -130,7 +130,7 @@ def test_watch_reports_at_start_then_changes_then_stops(open_store: StoreFactory
             snapshots.append(registry)
             changed.notify_all()
 
-    def wait_for(predicate: Callable[[Registry], bool], timeout: float = 5.0) -> float:
+    def wait_for(predicate: Callable[[Registry], bool], timeout: float = 15.0) -> float:
         start = time.monotonic()
         with changed:
             ok = changed.wait_for(lambda: bool(snapshots) and predicate(snapshots[-1]), timeout)
@@ -144,7 +144,9 @@ def test_watch_reports_at_start_then_changes_then_stops(open_store: StoreFactory
         assert snapshots[0].keys == {key.key_id: key}  # the first call is the full snapshot
 
         admin.put_key(key.model_copy(update={"revoked": True}), create=False)
-        assert wait_for(lambda r: r.keys[key.key_id].revoked) < 5
+        # README: a revocation reaches every replica within a second or two (the wait
+        # itself allows 15 s, so a slow watch fails here, not in the helper).
+        assert wait_for(lambda r: r.keys[key.key_id].revoked) < 2.0
 
         admin.delete_team("ide")
         wait_for(lambda r: r == Registry())

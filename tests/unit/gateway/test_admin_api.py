@@ -72,6 +72,24 @@ async def test_admin_lifecycle_team_key_revoke(http) -> None:
         raise AssertionError("rotated-out key still accepted")
     await _wait_accepted(http, rotated["key"])
 
+    # GET one team; revoke the rotated key (its state, its refusal, idempotence).
+    team = (await http.get("/admin/teams/ide", headers=ADMIN)).json()
+    assert team["name"] == "ide" and team["priority_class"] == "interactive"
+    r = await http.post(f"/admin/keys/{rotated['key_id']}/revoke", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["revoked"] is True, r.text
+    for _ in range(100):
+        if (await http.get("/v1/models", headers=auth(rotated["key"]))).status_code == 401:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("revoked key still accepted")
+    denied = await http.get("/v1/models", headers=auth(rotated["key"]))
+    assert denied.json()["error"]["code"] == "revoked_api_key"
+    listed = (await http.get("/admin/keys", params={"team": "ide"}, headers=ADMIN)).json()["data"]
+    assert {k["key_id"]: k["revoked"] for k in listed} == {key_id: True, rotated["key_id"]: True}
+    missing = await http.post("/admin/keys/nokey/revoke", headers=ADMIN)
+    assert missing.status_code == 404 and "nokey" in missing.json()["error"]["message"]
+
     assert (await http.delete("/admin/teams/ide", headers=ADMIN)).status_code == 200
     assert (await http.get("/admin/teams/ide", headers=ADMIN)).status_code == 404
 

@@ -124,11 +124,13 @@ async def test_revoked_and_expired_keys_are_401(http, make_key, admin, key_store
 
 
 async def test_revocation_reaches_gateway_through_store_watch(http, admin) -> None:
-    """No manual refresh: the replica follows the store on its own (within 5 s)."""
+    """No manual refresh: the replica follows the store on its own, within the README's
+    "second or two" (measured; the wait itself allows longer)."""
     admin.create_team({"name": "web"})
     issued = admin.create_key("web")
     client = client_for(http, issued.plaintext)
     await _eventually(lambda: client.models.list())
+    revoked_at = asyncio.get_running_loop().time()
     admin.revoke_key(issued.record.key_id)
 
     async def refused() -> None:
@@ -138,7 +140,8 @@ async def test_revocation_reaches_gateway_through_store_watch(http, admin) -> No
             return
         raise AssertionError("revoked key still accepted")
 
-    await _eventually(refused)
+    await _eventually(refused, timeout_s=15)
+    assert asyncio.get_running_loop().time() - revoked_at < 2.0
 
 
 async def _eventually(probe, timeout_s: float = 5.0) -> None:

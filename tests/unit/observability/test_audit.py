@@ -39,23 +39,36 @@ async def test_one_line_per_request_without_text_or_secrets(
     with pytest.raises(openai.NotFoundError):
         await client.completions.create(model="nope", prompt=PROMPT)
     await http.post("/v1/completions", json={"model": MODEL}, headers=auth("llmp_bad_" + "z" * 40))
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=4, stream=True
+    )
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await client.completions.create(
+        model=MODEL, prompt=f"def {PROMPT.split()[-1]}():", suffix=PROMPT, max_tokens=2
+    )
 
     lines: list[dict] = []
     for _ in range(100):  # the sink writes from a background thread
         text = audit_path.read_text() if audit_path.exists() else ""
         lines = [json.loads(x) for x in text.splitlines()]
-        if len(lines) >= 3:
+        if len(lines) >= 5:
             break
         await asyncio.sleep(0.02)
-    assert [(x["team"], x["status"]) for x in lines] == [
-        ("audited", 200),
-        ("audited", 404),
-        (None, 401),
+    assert [(x["team"], x["status"], x["stream"]) for x in lines] == [
+        ("audited", 200, False),
+        ("audited", 404, False),
+        (None, 401, False),
+        ("audited", 200, True),
+        ("audited", 200, False),
     ]
     ok = lines[0]
     assert ok["key_id"] == issued.record.key_id and ok["model"] == MODEL
     assert ok["prompt_tokens"] > 0 and ok["completion_tokens"] == 3
-    assert ok["latency_ms"] >= 0 and ok["client"] == "127.0.0.1"
+    assert ok["latency_ms"] > 0 and ok["client"] == "127.0.0.1"
+    streamed_line = lines[3]
+    assert streamed_line["completion_tokens"] == 4 and streamed
+    assert 0 < streamed_line["ttft_ms"] <= streamed_line["latency_ms"]
+    assert lines[4]["endpoint"] == "completions" and lines[4]["prompt_tokens"] > 10  # FIM
     assert ok["bytes"] == len(answer.content) > 0  # the body the client received
     assert set(ok) == {
         "time", "request_id", "team", "key_id", "model", "endpoint", "stream", "status",

@@ -89,7 +89,15 @@ async def test_known_mix_gives_exact_series(http, team_keys) -> None:
     assert _value(s, "llmplat_inter_token_latency_seconds_count", team="ide") == 1
     assert _value(s, "llmplat_admission_wait_seconds_count", team="ci") == 2
     assert _value(s, "llmplat_request_duration_seconds_count", team="ide") == 3  # 200, 200, 404
-    assert all(v == 0 for (n, _), v in s.items() if n == "llmplat_requests_in_flight")
+    in_flight = {dict(labels).get("team"): v for (n, labels), v in s.items()
+                 if n == "llmplat_requests_in_flight"}  # fmt: skip
+    assert {"ide", "ci"} <= set(in_flight) and all(v == 0 for v in in_flight.values()), in_flight
+    # Every counter is exposed as <name>_total (the name Prometheus rules and dashboards use).
+    counters = [f for f in text_string_to_metric_families(text) if f.type == "counter"]
+    assert any(f.name == "llmplat_requests" for f in counters)
+    for family in counters:
+        names = {sample.name for sample in family.samples}
+        assert names <= {f"{family.name}_total", f"{family.name}_created"}, names
     key_ids = [k.split("_")[1] for k in team_keys.values()]
     assert not any(k in text for k in key_ids)  # never a key id in a label
 
@@ -103,9 +111,7 @@ def test_metric_names_follow_conventions() -> None:
     GatewayMetrics(registry, ("m",))
     for family in registry.collect():
         assert family.name.startswith("llmplat_")
-        if family.type == "counter":
-            assert not family.name.endswith("_total")  # the client appends it to samples
-        else:
-            assert "_total" not in family.name
+        if family.type != "counter":
+            assert "_total" not in family.name, family.name  # a gauge that reads as a counter
         if family.type == "histogram":
             assert family.name.endswith("_seconds")
