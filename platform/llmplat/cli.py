@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -116,15 +117,30 @@ def _own_session(
     Returns None to serve from this process, or the exit status of the platform when it
     ran in a new session started from here (see llmplat.session for why).
     """
-    nice = settings.cpu.autogroup_nice
-    on_cpu = any(p.accelerator.kind == "cpu" for p in platform.profiles)
-    if nice == 0 or not on_cpu or settings.ray_address or not session.autogroup_enabled():
-        return None
-    if not session.leads_own_session():
+    plan = session_plan(
+        settings,
+        platform,
+        autogroup=session.autogroup_enabled(),
+        leader=session.leads_own_session(),
+    )
+    if plan == "new session":
         return session.run_in_new_session(serve_command(args))
-    session.set_autogroup_nice(nice)
-    _progress(f"serving from its own session at CPU autogroup nice {nice}")
+    if plan == "renice":
+        nice = settings.cpu.autogroup_nice
+        session.set_autogroup_nice(nice)
+        _progress(f"serving from its own session at CPU autogroup nice {nice}")
     return None
+
+
+def session_plan(
+    settings: Settings, platform: LoadedPlatform, *, autogroup: bool, leader: bool
+) -> Literal["serve here", "new session", "renice"]:
+    """Whether ``llmplat serve`` runs here as it is, re-runs itself in a new session, or
+    (already leading one) lowers its session's autogroup priority."""
+    on_cpu = any(p.accelerator.kind == "cpu" for p in platform.profiles)
+    if settings.cpu.autogroup_nice == 0 or not on_cpu or settings.ray_address or not autogroup:
+        return "serve here"
+    return "renice" if leader else "new session"
 
 
 def serve_command(args: argparse.Namespace) -> list[str]:

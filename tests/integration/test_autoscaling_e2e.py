@@ -16,6 +16,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,9 @@ class ScalingPlatform:
     env: dict[str, str]
     stopping: bool = False
     """Ctrl-C already sent (by the drain test)."""
+    idle: list[socket.socket] = field(default_factory=list)
+    """Keep-alive connections left open across Ctrl-C (the server closes them first, so
+    their sockets wait in TIME_WAIT on the platform's port, as after a load test)."""
 
     def replicas(self, model: str) -> dict[str, float]:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
@@ -261,6 +265,7 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
             extra_body={"ignore_eos": True},  # random weights may sample EOS early
         )
         chunks, finished, usage = 0, None, None
+        scaling.idle = _keep_alive_connections(scaling.url, 8)
         async for chunk in stream:
             chunks += 1
             if chunks == 3:
@@ -278,6 +283,18 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
     assert "shutting down (requests in flight get up to" in log
 
 
+def _keep_alive_connections(url: str, n: int) -> list[socket.socket]:
+    """``n`` HTTP/1.1 connections that each got an answer and stay open."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    out = []
+    for _ in range(n):
+        conn = socket.create_connection((host, int(port)), timeout=10)
+        conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "no answer from /healthz"
+        out.append(conn)
+    return out
+
+
 def _time_wait_sockets(port: int) -> int:
     """TCP sockets in TIME_WAIT on local ``port`` (what made restarts fail for a minute)."""
     count = 0
@@ -293,8 +310,12 @@ def test_restarts_at_once_on_the_same_ports(scaling) -> None:
     """After the flood and the Ctrl-C above: the same command, same ports, at once."""
     assert scaling.stopping, "runs after the Ctrl-C test"
     scaling.proc.wait(120)
+    for conn in scaling.idle:  # the server closed them first: its side waits in TIME_WAIT
+        conn.close()
     port = int(scaling.url.rsplit(":", 1)[1])
-    print(f"\n{_time_wait_sockets(port)} sockets in TIME_WAIT on port {port}", flush=True)
+    waiting = _time_wait_sockets(port)
+    assert waiting > 0, "no socket in TIME_WAIT on the port: the case is not exercised"
+    print(f"\n{waiting} sockets in TIME_WAIT on port {port}", flush=True)
     log = scaling.home / "serve-again.log"
     again = launch(["serve", "--config", str(CONFIG)], scaling.env, log)
     try:

@@ -92,6 +92,12 @@ def test_noisy_neighbour_limits_only_the_noisy_team(live, tmp_path: Path) -> Non
         assert overall[team]["ok"] > 0
     assert not _failed(summary), _failed(summary)
     assert {c["name"] for c in _latency_checks(summary)} >= {"TTFT p95 under flood"}
+    # Fairness on the real platform, with slack for a shared 2-core machine: the quiet
+    # teams' median TTFT under the flood stays within 3x their baseline + 1 s.
+    phases = summary["phases"]
+    for team in ("chat", "ide"):
+        base, flood = phases["baseline"][team]["ttft_p50_ms"], phases["flood"][team]["ttft_p50_ms"]
+        assert flood <= 3 * base + 1000, f"{team}: TTFT p50 {base:.0f} -> {flood:.0f} ms"
     # the runner's teams and keys are gone afterwards
     admin = {"Authorization": f"Bearer {live.admin_token}"}
     teams = httpx.get(f"{live.url}/admin/teams", headers=admin).json()["data"]

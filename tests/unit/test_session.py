@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from llmplat.cli import _own_session, serve_command
+from llmplat.cli import serve_command, session_plan
 from llmplat.config.loader import load_platform
 from llmplat.session import (
     SessionError,
@@ -107,7 +107,9 @@ def test_serve_command_repeats_the_options() -> None:
 def test_no_own_session_when_switched_off_or_on_another_cluster(overrides, config) -> None:
     settings = Settings(**overrides)
     platform = load_platform(settings.config_dir / config, settings.config_dir)
-    assert _own_session(_args(), settings, platform) is None
+    # Decided on a host with autogroup, whatever this one has.
+    for leader in (False, True):
+        assert session_plan(settings, platform, autogroup=True, leader=leader) == "serve here"
 
 
 def test_no_own_session_for_gpu_engines(tmp_path) -> None:
@@ -115,4 +117,12 @@ def test_no_own_session_for_gpu_engines(tmp_path) -> None:
     config = tmp_path / "gpu.yaml"
     config.write_text("models: [mixtral-8x22b-h100x8]\n")
     platform = load_platform(config, settings.config_dir)
-    assert _own_session(_args(), settings, platform) is None
+    assert session_plan(settings, platform, autogroup=True, leader=False) == "serve here"
+
+
+def test_a_cpu_platform_gets_its_own_session_where_autogroup_exists() -> None:
+    settings = Settings()
+    platform = load_platform(settings.config_dir / "local.yaml", settings.config_dir)
+    assert session_plan(settings, platform, autogroup=True, leader=False) == "new session"
+    assert session_plan(settings, platform, autogroup=True, leader=True) == "renice"
+    assert session_plan(settings, platform, autogroup=False, leader=False) == "serve here"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from llmplat.models.tiny import (
     MARKER_FILE,
@@ -252,11 +253,19 @@ def test_chat_template_rejects_bad_order(hf_tokenizer) -> None:
         )
 
 
-def test_fim_encoding_uses_control_tokens(mistral_tokenizer) -> None:
+def test_built_model_ships_the_fim_tokenizer_the_gateway_uses(model_dir: Path) -> None:
+    """The gateway finds the v3 tokenizer next to the weights and encodes FIM natively:
+    <s>[SUFFIX]suffix[PREFIX]prefix, as Mistral's reference encoder does."""
+    from llmplat.gateway.fim import load_fim_encoder
+
+    encoder = load_fim_encoder(model_dir)
+    assert encoder is not None
+    raw = encoder.encode("def f(", "return 1")
     from mistral_common.protocol.fim.request import FIMRequest
 
-    tokens = mistral_tokenizer.encode_fim(FIMRequest(prompt="def f(", suffix="return 1")).tokens
-    assert tokens[:2] == [1, 13] and 11 in tokens  # <s>[SUFFIX] ... [PREFIX] ...
+    reference = MistralTokenizer.from_file(str(model_dir / "tokenizer.model.v3"))
+    expected = reference.encode_fim(FIMRequest(prompt="def f(", suffix="return 1")).tokens
+    assert raw == expected and raw[:2] == [1, 13] and 11 in raw  # <s>[SUFFIX]…[PREFIX]…
 
 
 def test_transformers_forward_pass(model_dir: Path, hf_tokenizer) -> None:

@@ -12,7 +12,6 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from llmplat.config.loader import load_profile
-from llmplat.engine.llm_config import build_llm_config
 from llmplat.serving import entrypoint
 from llmplat.serving.serve_config import ENTRYPOINT, ServeAppArgs, serve_config
 from llmplat.settings import Settings
@@ -79,9 +78,21 @@ def test_build_app_builds_what_llmplat_serve_builds(
     settings: Settings = built["settings"]
     assert settings.mode == "production" and settings.gateway.ray_resource == "llmplat_gateway"
     assert model.model_id == "mixtral-8x22b-instruct" and model.model_path == str(weights)
-    expected = build_llm_config(profile, settings, str(weights))
-    assert model.llm_config.model_dump() == expected.model_dump()
-    assert model.llm_config.engine_kwargs["tensor_parallel_size"] == 8
+    # What the profile file says, as the cluster's LLMConfig carries it (values, not a second
+    # call of the same builder).
+    cfg = model.llm_config
+    kwargs = cfg.engine_kwargs
+    assert kwargs["tensor_parallel_size"] == 8 and kwargs["enable_expert_parallel"] is True
+    assert kwargs["max_model_len"] == 65536 and kwargs["max_num_seqs"] == 128
+    assert kwargs["tokenizer_mode"] == "mistral" and kwargs["tool_call_parser"] == "mistral"
+    assert kwargs["gpu_memory_utilization"] == 0.92
+    assert cfg.placement_group_config == {
+        "bundle_per_worker": {"CPU": 1, "GPU": 1},
+        "strategy": "STRICT_PACK",
+    }
+    auto = cfg.deployment_config["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (1, 4)
+    assert cfg.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     # The head builds without secrets: each gateway replica reads its own and applies the
     # declared teams (with_own_secrets), so nothing was written to the key store here.
     assert built["secrets"] is True
