@@ -15,6 +15,7 @@ from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import ServeBackend
 from llmplat.gateway.state import GatewayConfig
+from llmplat.serving.ingress_socket import reuse_address_for_direct_ingress
 from llmplat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, models: dict[str, Any]) -> None:
         logging.getLogger("llmplat").setLevel(logging.INFO)
+        reuse_address_for_direct_ingress()  # before Serve starts this replica's listener
         if config.secrets_from_environment:
             config = with_own_secrets(config)
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
