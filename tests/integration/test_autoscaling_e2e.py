@@ -5,9 +5,9 @@ on its engines' queue and KV cache; ``tiny-mixtral-zero`` sits at zero replicas 
 request arrives and goes back to zero after 20 s idle. Every request goes through the
 official ``openai`` client and must be answered in full: a flood takes the first model from
 one replica to two, and streams in flight when the load drops are finished while it
-returns to one; a request to the model at zero is held while it starts, not failed; and
-Ctrl-C lets a stream in flight finish before the platform stops, after which the same
-command starts again at once on the same ports.
+returns to one; a request to the model at zero is held while it starts, not failed; after
+the flood, Ctrl-C and the same command again start at once on the same ports; and Ctrl-C
+lets a stream in flight finish before the platform stops.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.platform import free_port, launch, platform_home, stop
+from support.platform import free_port, launch, platform_home, stop, time_wait_sockets
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "autoscale.yaml"
 SCALED = "tiny-mixtral"
@@ -97,7 +98,7 @@ def scaling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScalingPlatfor
     try:
         yield platform
     finally:
-        stop(proc, home, log, signal_first=not platform.stopping)
+        stop(platform.proc, home, platform.log, signal_first=not platform.stopping)
 
 
 @dataclass
@@ -251,6 +252,26 @@ async def test_a_flood_adds_a_replica_and_the_drop_removes_it_losing_nothing(sca
     )
 
 
+def test_restarts_at_once_on_the_same_ports(scaling) -> None:
+    """After the flood: Ctrl-C while clients hold keep-alive connections (the server closes
+    them, so its side waits in TIME_WAIT on the port), then the same command on the same
+    ports at once. The restarted platform serves the rest of the module."""
+    scaling.idle = _keep_alive_connections(scaling.url, 8)
+    stop(scaling.proc, scaling.home, scaling.log)
+    port = int(scaling.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 10  # each client closes on the server's FIN
+    while (waiting := time_wait_sockets(port)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert waiting > 0, "no socket in TIME_WAIT on the port: the case is not exercised"
+    print(f"\n{waiting} sockets in TIME_WAIT on port {port}", flush=True)
+    scaling.log = scaling.home / "serve-again.log"
+    scaling.proc = launch(["serve", "--config", str(CONFIG)], scaling.env, scaling.log)
+    deadline = time.monotonic() + 180
+    while (ready := httpx.get(f"{scaling.url}/readyz", timeout=30)).status_code != 200:
+        assert time.monotonic() < deadline, f"not ready again: {ready.text}"
+        time.sleep(2)
+
+
 async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
     """Last in the module: it stops the platform (the fixture then checks the exit)."""
     async with openai.AsyncOpenAI(
@@ -265,7 +286,6 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
             extra_body={"ignore_eos": True},  # random weights may sample EOS early
         )
         chunks, finished, usage = 0, None, None
-        scaling.idle = _keep_alive_connections(scaling.url, 8)
         async for chunk in stream:
             chunks += 1
             if chunks == 3:
@@ -284,44 +304,23 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
 
 
 def _keep_alive_connections(url: str, n: int) -> list[socket.socket]:
-    """``n`` HTTP/1.1 connections that each got an answer and stay open."""
+    """``n`` HTTP/1.1 connections that each got an answer and stay open until the server
+    closes them (as it does when it stops); each is closed on the server's FIN, so the
+    server's side then waits in TIME_WAIT on the platform's port for a minute."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
+
+    def close_when_the_server_does(conn: socket.socket) -> None:
+        conn.settimeout(None)
+        try:
+            conn.recv(1)
+        finally:
+            conn.close()
+
     out = []
     for _ in range(n):
         conn = socket.create_connection((host, int(port)), timeout=10)
         conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "no answer from /healthz"
+        threading.Thread(target=close_when_the_server_does, args=(conn,), daemon=True).start()
         out.append(conn)
     return out
-
-
-def _time_wait_sockets(port: int) -> int:
-    """TCP sockets in TIME_WAIT on local ``port`` (what made restarts fail for a minute)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
-                count += 1
-    return count
-
-
-def test_restarts_at_once_on_the_same_ports(scaling) -> None:
-    """After the flood and the Ctrl-C above: the same command, same ports, at once."""
-    assert scaling.stopping, "runs after the Ctrl-C test"
-    scaling.proc.wait(120)
-    for conn in scaling.idle:  # the server closed them first: its side waits in TIME_WAIT
-        conn.close()
-    port = int(scaling.url.rsplit(":", 1)[1])
-    waiting = _time_wait_sockets(port)
-    assert waiting > 0, "no socket in TIME_WAIT on the port: the case is not exercised"
-    print(f"\n{waiting} sockets in TIME_WAIT on port {port}", flush=True)
-    log = scaling.home / "serve-again.log"
-    again = launch(["serve", "--config", str(CONFIG)], scaling.env, log)
-    try:
-        deadline = time.monotonic() + 180
-        while (ready := httpx.get(f"{scaling.url}/readyz", timeout=30)).status_code != 200:
-            assert time.monotonic() < deadline, f"not ready again: {ready.text}"
-            time.sleep(2)
-    finally:
-        stop(again, scaling.home, log)

@@ -96,3 +96,14 @@ def stop(
         os.kill(int(line.split(":")[0]), signal.SIGKILL)
     assert proc.returncode == 0, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
     assert not leftovers, f"Ray processes left behind after shutdown: {leftovers}"
+
+
+def time_wait_sockets(port: int) -> int:
+    """TCP sockets in TIME_WAIT on local ``port`` (they blocked restarts for a minute)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
+                count += 1
+    return count

@@ -249,13 +249,31 @@ async def test_unknown_route_is_openai_shaped_404(http) -> None:
         {"model": MODEL, "prompt": "x", "stream": True, "stream_options": 3},
         {"model": MODEL, "prompt": "x", "suffix": 7},
         {"model": MODEL, "prompt": ["a", "b"], "suffix": "s"},
+        {"model": MODEL, "prompt": "x", "suffix": "s", "echo": True},
         {"model": 12, "prompt": "x"},
     ],
 )
 async def test_bad_completion_bodies_are_400(http, body) -> None:
     r = await http.post("/v1/completions", json=body, headers=auth())
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["type"] == "invalid_request_error"
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if body.get("echo"):
+        assert error["param"] == "echo" and "cannot be combined with 'suffix'" in error["message"]
+
+
+async def test_streaming_fim_is_served_and_billed(client, records) -> None:
+    stream = await client.completions.create(
+        model=MODEL,
+        prompt="def f(x):\n    return",
+        suffix="\n\nprint(f(2))",
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage.completion_tokens == 5
+    assert records[-1].stream and records[-1].usage.completion_tokens == 5
 
 
 async def test_readiness_is_cached_and_shared(gateway, http) -> None:

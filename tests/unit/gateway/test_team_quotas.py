@@ -218,6 +218,28 @@ async def test_request_larger_than_token_limit_says_so(http, make_key, clock) ->
         await client.completions.create(model=MODEL, prompt="x", max_tokens=100)
     assert exc.value.body["code"] == "request_too_large"
     assert "Lower max_tokens" in exc.value.message
+    assert "retry-after" not in exc.value.response.headers  # waiting would not help
+
+
+@pytest.mark.parametrize(
+    ("limit", "retry_after", "words"),
+    [
+        ("tokens_per_minute", "50", "tokens per minute"),  # 49.6 s to the minute, rounded up
+        ("tokens_per_day", "57590", "tokens per day"),  # to midnight UTC, rounded up
+    ],
+)
+async def test_token_limits_429_with_retry_after_rounded_up(
+    http, make_key, clock, limit: str, retry_after: str, words: str
+) -> None:
+    clock.now += 0.4
+    client = client_for(http, await make_key(limits={limit: 30}))
+    for _ in range(2):  # each reserves prompt + 10 and settles to 11 (the fake's count)
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=10)
+    with pytest.raises(openai.RateLimitError) as exc:
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=10)
+    assert exc.value.body["code"] == "rate_limit_exceeded"
+    assert words in exc.value.message
+    assert exc.value.response.headers["retry-after"] == retry_after
 
 
 async def test_reservation_without_max_tokens_uses_team_cap(http, make_key, clock, state) -> None:

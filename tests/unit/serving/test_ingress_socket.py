@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 from ray.serve._private import replica
@@ -11,16 +10,7 @@ from ray.serve._private.http_util import set_socket_reuse_port
 
 from llmplat.runtime import port_free
 from llmplat.serving.ingress_socket import reuse_address_for_direct_ingress
-
-
-def _time_wait_on(port: int) -> int:
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
-                count += 1
-    return count
+from support.platform import time_wait_sockets
 
 
 def _serve_then_stop(reuse: bool) -> int:
@@ -38,7 +28,7 @@ def _serve_then_stop(reuse: bool) -> int:
     assert client.recv(1) == b""
     client.close()
     listener.close()
-    assert _time_wait_on(port) > 0
+    assert time_wait_sockets(port) > 0
     return port
 
 
