@@ -131,8 +131,11 @@ def _validate_model(cls: type[M], body: dict[str, Any]) -> M:
     except RecursionError:
         raise InvalidRequest("A field of your request is nested too deeply.") from None
     except (VLLMClientError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        # vLLM's "before" validators raise these without pydantic wrapping them.
-        raise InvalidRequest(f"Invalid request: {exc}.") from exc
+        # vLLM's "before" validators raise these without pydantic wrapping them; its own
+        # validation errors name the parameter.
+        param = getattr(exc, "parameter", None)
+        text = str(exc.args[0]) if param and exc.args else str(exc)
+        raise InvalidRequest(f"Invalid request: {text.rstrip('.')}.", param=param) from exc
 
 
 def parse_chat(body: dict[str, Any]) -> ParsedRequest:

@@ -296,3 +296,16 @@ async def test_metrics_port_takes_metrics_off_the_public_endpoint(gateway) -> No
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h:
         assert (await h.get("/metrics")).status_code == 404
         assert (await h.get("/healthz")).status_code == 200
+
+
+async def test_vllm_validation_errors_name_their_parameter(client) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[TOOL],
+            tool_choice={"type": "function", "function": {"name": "not_a_tool"}},
+            max_tokens=2,
+        )
+    assert exc.value.body["param"] == "tool_choice"
+    assert "(parameter=" not in exc.value.body["message"]
