@@ -1,9 +1,10 @@
 """Tool calling and structured outputs through the gateway, with the official openai client.
 
 The embedded model's weights are random: what it says is noise, but guided decoding holds
-its output to the schema. Every value in these schemas is bounded (enums, booleans, strings
-with ``maxLength``) and the profile switches off free whitespace, so a valid document always
-fits in ``max_tokens``.
+its output to the schema. Every value in these schemas is one of a few (enums, booleans: a
+free string, even with ``maxLength``, let the random weights run into ``max_tokens`` in one
+run of three) and the profile switches off free whitespace, so a valid document always fits
+in ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ WEATHER = {
 TICKET = {
     "type": "object",
     "properties": {
-        "title": {"type": "string", "maxLength": 12},
+        "title": {"type": "string", "enum": ["crash", "slow start", "typo"]},
+        "blocking": {"type": "boolean"},
         "severity": {"type": "string", "enum": ["low", "high"]},
     },
-    "required": ["title", "severity"],
+    "required": ["title", "severity", "blocking"],
     "additionalProperties": False,
 }
 TOOLS = [
