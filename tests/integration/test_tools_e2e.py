@@ -1,10 +1,9 @@
 """Tool calling and structured outputs through the gateway, with the official openai client.
 
 The embedded model's weights are random: what it says is noise, but guided decoding holds
-its output to the schema. Every value in these schemas is one of a few (enums, booleans: a
-free string, even with ``maxLength``, let the random weights run into ``max_tokens`` in one
-run of three) and the profile switches off free whitespace, so a valid document always fits
-in ``max_tokens``.
+its output to the schema. Every value in these schemas is one of a few (enums, booleans; a
+schema with a ``maxLength`` string failed one run of three here) and the profile switches
+off free whitespace, so a valid document always fits in ``max_tokens``.
 """
 
 from __future__ import annotations
