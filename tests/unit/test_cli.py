@@ -90,6 +90,32 @@ def test_serve_with_bad_config_exits_2_naming_the_file(tmp_path, capsys, monkeyp
     assert "does-not-exist" in err and "not found" in err
 
 
+def test_serve_refuses_memory_quotas_with_several_gateway_replicas(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    ray_dir = Settings(home=tmp_path).ray_temp_dir
+    monkeypatch.setenv("LLMPLAT_HOME", str(tmp_path))
+    monkeypatch.setenv("LLMPLAT_GATEWAY__REPLICAS", "3")
+    monkeypatch.delenv("LLMPLAT_QUOTAS__BACKEND", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "3 gateway replicas" in err and "LLMPLAT_QUOTAS__BACKEND=redis" in err
+    assert not ray_dir.exists()  # refused before Ray starts
+
+
+def test_serve_refuses_redis_quotas_without_a_url(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("LLMPLAT_HOME", str(tmp_path))
+    monkeypatch.setenv("LLMPLAT_QUOTAS__BACKEND", "redis")
+    for name in ("LLMPLAT_QUOTAS__REDIS_URL", "LLMPLAT_QUOTAS__REDIS_URL_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "LLMPLAT_QUOTAS__REDIS_URL" in err and "BACKEND=redis" in err
+    assert not Settings(home=tmp_path).ray_temp_dir.exists()
+
+
 def test_build_tiny_out_dir(tmp_path, capsys) -> None:
     assert main(["model", "build-tiny", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "model.safetensors").is_file()

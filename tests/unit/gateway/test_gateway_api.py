@@ -286,7 +286,12 @@ async def test_readiness_is_cached_and_shared(gateway, http) -> None:
     assert readiness.checks == before + 1
     engine.started = False  # a change shows once the cached answer is older than its period
     readiness.max_age_s = 0.0
-    assert (await http.get("/readyz")).status_code == 503
+    down = await http.get("/readyz")
+    assert down.status_code == 503
+    assert down.json() == {
+        "status": "not_ready",
+        "models": {MODEL: "unhealthy: FakeEngineError", PLAIN_MODEL: "ready"},
+    }
 
 
 async def test_metrics_port_takes_metrics_off_the_public_endpoint(gateway) -> None:

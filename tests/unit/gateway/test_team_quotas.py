@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.file_store import FileKeyStore
-from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM
+from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, HANG
 from llmplat.gateway.state import GatewayState
 from support import MODEL, V3_TOKENIZER, auth
 
@@ -176,9 +177,7 @@ async def test_rate_limit_headers_on_every_response(http, make_key, clock) -> No
     assert h["x-ratelimit-reset-requests"] == "50s"
     assert h["x-ratelimit-limit-tokens"] == "1000"
     # Reserved at admission: the prompt as the model's tokenizer counts it + max_tokens.
-    prompt = len(MistralTokenizer.from_file(str(V3_TOKENIZER)).instruct_tokenizer.tokenizer.encode(
-        "a b", bos=True, eos=False
-    ))  # fmt: skip
+    prompt = _v3_count("a b")
     assert h["x-ratelimit-remaining-tokens"] == str(1000 - prompt - 3)
     assert h["x-ratelimit-reset-tokens"] == "50s"
     bad = await http.post("/v1/completions", json={"model": MODEL}, headers=auth(key))
@@ -210,6 +209,61 @@ async def test_tokens_reserved_at_admission_settle_to_usage(http, make_key, cloc
     assert team["tokens_this_minute"] == resp.usage.total_tokens == 3 + 7
     assert team["tokens_today"] == resp.usage.total_tokens
     assert team["in_flight"] == 0 and team["requests_this_minute"] == 1
+
+
+def _v3_count(text: str) -> int:
+    tokenizer = MistralTokenizer.from_file(str(V3_TOKENIZER)).instruct_tokenizer.tokenizer
+    return len(tokenizer.encode(text, bos=True, eos=False))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "max_tokens", "n"),
+    [
+        ("completions", 7, 1),
+        ("completions", 7, 3),
+        ("completions", None, 2),  # OpenAI's completions default: 16
+        ("chat/completions", None, 2),  # chat without max_tokens: what the context leaves
+    ],
+)
+async def test_reservation_seen_in_flight_then_settled(
+    http, make_key, clock, state, endpoint: str, max_tokens: int | None, n: int
+) -> None:
+    """While a request runs, the team's tokens hold the prompt (the model's tokenizer count)
+    plus max_tokens times n; when it ends (here by the timeout, before any token) only the
+    prompt stays billed."""
+    state.config = dataclasses.replace(state.config, request_timeout_s=1.5)
+    key = await make_key(limits={"tokens_per_minute": 100_000})
+    text = f"count these words please {HANG}"
+    body: dict = {"model": MODEL, "n": n}
+    if endpoint == "completions":
+        body["prompt"] = text
+    else:
+        body["messages"] = [{"role": "user", "content": text}]
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    request = asyncio.create_task(http.post(f"/v1/{endpoint}", json=body, headers=auth(key)))
+
+    async def team_usage() -> dict:
+        (team,) = (await http.get("/v1/usage", headers=auth(key))).json()["usage"]
+        return team
+
+    async def reserved() -> None:
+        assert (await team_usage())["in_flight"] == 1
+
+    await _eventually(reserved)
+    held = await team_usage()
+    assert held["requests_this_minute"] == 1
+    assert (await request).status_code == 504
+    after = await team_usage()
+    billed = after["tokens_this_minute"]  # the prompt as counted at admission
+    assert after["in_flight"] == 0
+    if endpoint == "completions":
+        assert billed == _v3_count(text)
+        per_choice = 16 if max_tokens is None else max_tokens
+    else:  # [INST] ... [/INST] around the text: a few tokens more than the text alone
+        assert _v3_count(text) < billed < _v3_count(text) + 5
+        per_choice = 256 - billed  # the fixture's max_model_len
+    assert held["tokens_this_minute"] == billed + n * per_choice
 
 
 async def test_request_larger_than_token_limit_says_so(http, make_key, clock) -> None:
@@ -360,26 +414,44 @@ async def test_one_team_exhausted_does_not_touch_another(http, make_key, clock) 
         await quiet.completions.create(model=MODEL, prompt="x", max_tokens=1)
 
 
-async def test_quota_store_down_is_503_when_closed(http, make_key, state) -> None:
-    """A real Redis client pointed at a port nothing listens on."""
+@pytest.mark.parametrize("on_store_error", ["closed", "open"])
+async def test_quota_store_down_follows_on_store_error(
+    gateway, make_key, state, monkeypatch, on_store_error
+) -> None:
+    """The Redis settings of a replica, from the environment as a deployment reads them,
+    with a real Redis client pointed at a port nothing listens on."""
     import socket
 
-    from llmplat.quotas.redis_store import RedisQuotaStore
+    from llmplat.gateway.app import create_app
+    from llmplat.gateway.assemble import assemble_state
+    from llmplat.settings import Settings
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = client_for(http, await make_key())
-    real = state.quotas.store
-    state.quotas.store = RedisQuotaStore(f"redis://:hunter2@127.0.0.1:{port}/0")
-    try:
-        with pytest.raises(openai.InternalServerError) as exc:
-            await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
-        assert exc.value.status_code == 503
-        assert exc.value.body["code"] == "quota_store_unavailable"
-        assert exc.value.response.headers["retry-after"] == "1"
-        state.quotas.fail_open = True  # LLMPLAT_QUOTAS__ON_STORE_ERROR=open
-        await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
-    finally:
-        await state.quotas.store.close()
-        state.quotas.store, state.quotas.fail_open = real, False
+    monkeypatch.setenv("LLMPLAT_QUOTAS__BACKEND", "redis")
+    monkeypatch.setenv("LLMPLAT_QUOTAS__REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
+    monkeypatch.setenv("LLMPLAT_QUOTAS__ON_STORE_ERROR", on_store_error)
+    config = dataclasses.replace(state.config, quotas=Settings().quotas)
+    down = assemble_state(config, state.backends)
+    app = create_app(down)
+    key = await make_key(limits={"requests_per_minute": 1})
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
+    ):
+        await _eventually(lambda: _assert(len(down.authenticator.registry.keys) > 0))
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+        answers = [await h.post("/v1/completions", json=body, headers=auth(key)) for _ in range(3)]
+    errors = down.metrics.registry.get_sample_value(
+        "llmplat_quota_store_errors_total", {"operation": "reserve"}
+    )
+    assert errors == 3
+    if on_store_error == "closed":
+        assert [a.status_code for a in answers] == [503] * 3
+        assert {a.json()["error"]["code"] for a in answers} == {"quota_store_unavailable"}
+        assert {a.headers["retry-after"] for a in answers} == {"1"}
+    else:  # admitted unmetered: a key limited to 1 request a minute makes 3
+        assert [a.status_code for a in answers] == [200] * 3
+        assert not any(h.startswith("x-ratelimit") for a in answers for h in a.headers)
+    assert "hunter2" not in "".join(a.text for a in answers)
