@@ -105,5 +105,6 @@ MUTMUT_VERSION := 3.8.1
 MUTANTS ?=
 mutation: $(STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python mutmut==$(MUTMUT_VERSION)
-	cd platform && LLMPLAT_CONFIG_DIR=$(CURDIR)/configs ../$(BIN)/mutmut run \
+	cd platform && LLMPLAT_CONFIG_DIR=$(CURDIR)/configs LLMPLAT_LOADTEST__DIR=$(CURDIR)/loadtests \
+		../$(BIN)/mutmut run \
 		--max-children $$(nproc) $(MUTANTS)

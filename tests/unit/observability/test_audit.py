@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import stat
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from llmplat.auth.admin import KeyAdmin
+from llmplat.gateway.app import create_app
+from llmplat.gateway.assemble import assemble_state
 from llmplat.observability.audit import AuditLog
+from llmplat.settings import Settings
 from support import MODEL, auth
 
 PROMPT = "the secret plan is tangerine"
@@ -90,3 +95,31 @@ def test_audit_file_is_owner_only(tmp_path: Path) -> None:
         log = AuditLog(path)
         log.close()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("sink", ["-", "none"])
+async def test_audit_sink_setting_stdout_or_none(
+    sink: str, gateway, monkeypatch, capfd, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`LLMPLAT_AUDIT__SINK=-` writes the lines to stdout, `none` nowhere (no file either)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("LLMPLAT_HOME", str(home))
+    monkeypatch.setenv("LLMPLAT_AUDIT__SINK", sink)
+    running = gateway.state.gateway
+    config = dataclasses.replace(running.config, audit_sink=Settings().audit_sink)
+    app = create_app(assemble_state(config, running.backends))
+    capfd.readouterr()
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
+    ):
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
+        assert (await h.post("/v1/completions", json=body, headers=auth())).status_code == 200
+    out = capfd.readouterr().out  # the app's shutdown flushed the writer
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    if sink == "-":
+        assert [(x["team"], x["model"], x["status"]) for x in lines] == [("dev", MODEL, 200)]
+    else:
+        assert lines == []
+    assert "tangerine" not in out
+    assert list(home.iterdir()) == []  # no audit.log under LLMPLAT_HOME
