@@ -109,3 +109,4 @@ def test_status_command(live, tmp_path: Path) -> None:
     out = _bash("llmplat status", tmp_path / "work", env, timeout=60)
     assert out.splitlines()[0] == "platform: ready", out
     assert any(line.startswith(MODEL) for line in out.splitlines())
+    assert "gateway replicas running: 1" in out.splitlines()  # from /admin/status

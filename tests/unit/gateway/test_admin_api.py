@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import openai
 import pytest
 
+from llmplat.gateway.app import create_app
+from llmplat.gateway.assemble import assemble_state
 from support import ADMIN_TOKEN, MODEL, auth
 
 ADMIN = auth(ADMIN_TOKEN)
@@ -126,3 +130,86 @@ async def test_team_key_reads_own_usage_never_another_team_nor_admin(http) -> No
     assert other.status_code == 403 and other.json()["error"]["code"] == "other_team"
     assert (await http.get("/admin/teams", headers=auth(key))).status_code == 403
     assert (await http.get("/admin/teams/beta/usage", headers=auth(key))).status_code == 403
+
+
+async def test_keys_with_their_own_limits_and_expiry(http) -> None:
+    await http.post("/admin/teams", json={"name": "ci"}, headers=ADMIN)
+    r = await http.post(
+        "/admin/teams/ci/keys",
+        json={"name": "runner", "expires_in_days": 2, "limits": {"requests_per_minute": 1}},
+        headers=ADMIN,
+    )
+    assert r.status_code == 201, r.text
+    made = r.json()
+    expires = datetime.fromisoformat(made["expires_at"])
+    assert timedelta(days=2) - timedelta(minutes=1) < expires - datetime.now(UTC) <= timedelta(2)
+    assert made["limits"]["requests_per_minute"] == 1 and made["name"] == "runner"
+    await _wait_accepted(http, made["key"])
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
+    assert (await http.post("/v1/completions", json=body, headers=auth(made["key"]))).is_success
+    limited = await http.post("/v1/completions", json=body, headers=auth(made["key"]))
+    assert limited.status_code == 429 and f"key '{made['key_id']}'" in limited.text
+
+    short = await http.post("/admin/teams/ci/keys", json={"expires_in_days": 1e-5}, headers=ADMIN)
+    assert short.status_code == 201  # 0.86 s
+    await asyncio.sleep(1.0)
+    expired = await http.get("/v1/models", headers=auth(short.json()["key"]))
+    assert expired.status_code == 401 and expired.json()["error"]["code"] == "expired_api_key"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "fragment"),
+    [
+        ("PATCH", "/admin/teams/ghost", {"max_choices": 2}, 404, "ghost"),
+        ("DELETE", "/admin/teams/ghost", None, 404, "ghost"),
+        ("PATCH", "/admin/teams/ops", {"priority_class": "urgent"}, 400, "priority_class"),
+        ("PATCH", "/admin/teams/ops", {"colour": "red"}, 400, "colour"),
+        ("PATCH", "/admin/teams/ops", ["not", "an", "object"], 400, "object"),
+        ("POST", "/admin/teams/ghost/keys", {}, 404, "ghost"),
+        ("POST", "/admin/teams/ops/keys", {"expires_in_days": 0}, 400, "expires_in_days"),
+        ("POST", "/admin/teams/ops/keys", {"scopes": ["all"]}, 400, "scopes"),
+        ("POST", "/admin/keys/nokey/rotate", None, 404, "nokey"),
+        ("GET", "/admin/teams/ghost/usage", None, 404, "ghost"),
+    ],
+)
+async def test_admin_errors_are_openai_shaped_and_change_nothing(
+    http, method, path, body, status, fragment
+) -> None:
+    await http.post("/admin/teams", json={"name": "ops", "max_choices": 3}, headers=ADMIN)
+    r = await http.request(method, path, json=body, headers=ADMIN)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and fragment in error["message"]
+    ops = (await http.get("/admin/teams/ops", headers=ADMIN)).json()
+    assert (ops["priority_class"], ops["max_choices"]) == ("interactive", 3)
+    assert (await http.get("/admin/keys", headers=ADMIN)).json()["data"] == []
+
+
+async def test_admin_status_reports_deployments_under_serve_only(gateway, http) -> None:
+    state = gateway.state.gateway
+    assert (await http.get("/admin/status", headers=ADMIN)).status_code == 404  # no Serve here
+    deployments = {"Gateway": {"status": "HEALTHY", "replicas": {"RUNNING": 2}}}
+    state.status = lambda: deployments
+    try:
+        r = await http.get("/admin/status", headers=ADMIN)
+    finally:
+        state.status = None
+    assert r.json() == {"deployments": deployments}
+    assert (await http.get("/admin/status")).status_code == 401
+
+
+async def test_admin_api_is_off_without_a_token(gateway) -> None:
+    state = gateway.state.gateway
+    off = dataclasses.replace(state.config, admin_token=None)
+    app = create_app(assemble_state(off, state.backends))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
+    ):
+        for path in ("/admin/teams", "/admin/status", "/admin/keys"):
+            r = await h.get(path, headers=ADMIN)  # even with what was the token
+            assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"
+        assert "LLMPLAT_ADMIN_TOKEN" in r.json()["error"]["message"]
+        r = await h.post("/admin/teams", json={"name": "x"}, headers=ADMIN)
+        assert r.status_code == 404
+        assert (await h.get("/v1/models", headers=auth())).status_code == 200  # still serving
