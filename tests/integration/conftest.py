@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -45,10 +45,16 @@ class LivePlatform:
     team_keys: dict[str, str]
     engine_metrics_url: str
     pid: int  # `llmplat serve`, leader of the platform's session
+    minted: list[str] = field(default_factory=list)
+    """Keys tests created on the platform: the end-of-session grep looks for them too."""
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+    def remember(self, key: str) -> str:
+        self.minted.append(key)
+        return key
 
 
 def _files_containing(root: Path, secret: str) -> list[str]:
@@ -105,7 +111,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         assert printed == 1, f"serve output shows the key {printed} times, expected once"
         # Every secret the session used, in every file the platform wrote (Ray logs, audit
         # log, serve output, key store): never the team keys' secrets nor the admin token.
-        secrets_used = [admin_token] + [k.split("_", 2)[2] for k in team_keys.values()]
+        keys = [*team_keys.values(), *platform.minted]
+        secrets_used = [admin_token] + [k.split("_", 2)[2] for k in keys]
         for secret in secrets_used:
             for root in (home, Settings(home=home).ray_temp_dir):
                 leaked = _files_containing(root, secret)

@@ -93,7 +93,8 @@ async def test_admin_api_creates_key_that_works_then_revocation_is_seen(live) ->
         r = await http.post("/admin/teams", json={"name": "e2e-admin"}, headers=admin)
         assert r.status_code == 201, r.text
         issued = (await http.post("/admin/teams/e2e-admin/keys", json={}, headers=admin)).json()
-        client = openai.AsyncOpenAI(api_key=issued["key"], base_url=live.base_url, max_retries=0)
+        key = live.remember(issued["key"])
+        client = openai.AsyncOpenAI(api_key=key, base_url=live.base_url, max_retries=0)
         await _until(lambda: client.models.list(), ok=True)
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
         t0 = time.monotonic()
