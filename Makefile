@@ -53,7 +53,7 @@ system-deps:
 	done
 
 test: $(STAMP) system-deps $(CHECKOV)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)

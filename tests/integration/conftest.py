@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from llmplat.settings import Settings
 from support import MODEL
-from support.platform import free_port, launch, platform_home, stop
+from support.platform import files_containing, free_port, launch, platform_home, stop
 
 TEAMS: dict[str, list[str]] = {
     "ide": ["--priority", "interactive", "--rpm", "10000"],
@@ -55,19 +55,6 @@ class LivePlatform:
     def remember(self, key: str) -> str:
         self.minted.append(key)
         return key
-
-
-def _files_containing(root: Path, secret: str) -> list[str]:
-    needle = secret.encode()
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            try:
-                if needle in path.read_bytes():
-                    hits.append(str(path))
-            except OSError:
-                continue
-    return hits
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +92,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         yield platform
     finally:
         stop(proc, home, log)
-        leaks = _files_containing(Settings(home=home).ray_temp_dir, key)
+        leaks = files_containing(Settings(home=home).ray_temp_dir, key)
         assert not leaks, f"the API key leaked into logs: {leaks}"
         printed = log.read_text(errors="replace").count(key)
         assert printed == 1, f"serve output shows the key {printed} times, expected once"
@@ -115,7 +102,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         secrets_used = [admin_token] + [k.split("_", 2)[2] for k in keys]
         for secret in secrets_used:
             for root in (home, Settings(home=home).ray_temp_dir):
-                leaked = _files_containing(root, secret)
+                leaked = files_containing(root, secret)
                 assert not leaked, f"a secret leaked into {leaked}"
 
 

@@ -107,3 +107,17 @@ def time_wait_sockets(port: int) -> int:
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
                 count += 1
     return count
+
+
+def files_containing(root: Path, secret: str) -> list[str]:
+    """Files under ``root`` (logs, stores, Ray's session) whose bytes contain ``secret``."""
+    needle = secret.encode()
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
+                continue
+    return hits
