@@ -309,6 +309,8 @@ class EmulatorHandle:
     emulator: KubeEmulator
     url: str
     loop: asyncio.AbstractEventLoop
+    stop: Callable[[], None] = lambda: None
+    """Stop serving now (an API server going down); also done on leaving the context."""
 
     def configuration(self) -> client.Configuration:
         cfg = client.Configuration()
@@ -366,10 +368,12 @@ class EmulatorHandle:
 
 
 @contextmanager
-def running_kube_emulator(host: str = "127.0.0.1", **options: Any) -> Iterator[EmulatorHandle]:
+def running_kube_emulator(
+    host: str = "127.0.0.1", port: int | None = None, **options: Any
+) -> Iterator[EmulatorHandle]:
     """Start a :class:`KubeEmulator` (``options`` are its fields) serving ``v1/secrets`` (and
-    anything created) on ``host`` and a free port, in a daemon thread with its own event
-    loop; stop it on exit."""
+    anything created) on ``host`` and ``port`` (default: a free one), in a daemon thread with
+    its own event loop; stop it on exit. The same port again is an API server restart."""
     started = threading.Event()
     box: dict[str, Any] = {}
 
@@ -378,7 +382,7 @@ def running_kube_emulator(host: str = "127.0.0.1", **options: Any) -> Iterator[E
         try:
             async with (
                 KubeEmulator(**options) as emulator,
-                kmock.Server(emulator, host=host) as server,
+                kmock.Server(emulator, host=host, port=port) as server,
             ):
                 emulator.resources["v1/secrets"] = kmock.ResourceInfo(
                     kind="Secret", singular="secret", namespaced=True
@@ -400,11 +404,17 @@ def running_kube_emulator(host: str = "127.0.0.1", **options: Any) -> Iterator[E
     if not started.wait(30) or "error" in box:
         raise RuntimeError(f"the Kubernetes emulator did not start: {box.get('error')!r}")
     handle: EmulatorHandle = box["handle"]
+
+    def stop() -> None:
+        if thread.is_alive():
+            handle.loop.call_soon_threadsafe(box["stop"].set)
+            thread.join(timeout=10)
+
+    handle.stop = stop
     try:
         yield handle
     finally:
-        handle.loop.call_soon_threadsafe(box["stop"].set)
-        thread.join(timeout=10)
+        stop()
 
 
 @pytest.fixture
