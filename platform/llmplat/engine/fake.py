@@ -84,6 +84,8 @@ class FakeEngine(LLMEngine):
         self.cancelled = 0
         """Generation calls stopped by their caller (cancellation or close) before the end."""
         self.request_ids: list[str] = []
+        self.prompts: list[list[str | list[int]]] = []
+        """Every call's prompts as the engine received them (text or token ids)."""
         """The engine request id of every generation call, in order."""
         self._gone_once: set[str] = set()
         self.health_checks = 0
@@ -159,6 +161,7 @@ class FakeEngine(LLMEngine):
     ) -> AsyncGenerator[Any, None]:
         self.open_calls += 1
         self.request_ids.append(str(getattr(request, "request_id", "")))
+        self.prompts.append(prompts)
         try:
             async for item in self._produce(request, prompts, chat=chat):
                 yield item

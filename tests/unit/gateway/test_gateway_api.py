@@ -12,7 +12,7 @@ import pytest
 
 from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
 from llmplat.gateway.app import create_app
-from support import DEV_KEY, MODEL, PLAIN_MODEL, auth
+from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, auth
 
 
 async def test_models_lists_configured_models(client: openai.AsyncOpenAI) -> None:
@@ -79,13 +79,21 @@ async def test_stream_with_usage_passes_final_usage_chunk(client) -> None:
     assert chunks[-1].usage.prompt_tokens == 2
 
 
-async def test_fim_prompt_and_suffix_become_native_token_sequence(client, records) -> None:
-    resp = await client.completions.create(
-        model=MODEL, prompt="def f(x):\n    return", suffix="\n\nprint(f(2))", max_tokens=4
-    )
-    # The engine saw token ids (BOS, [SUFFIX] …) rather than text: the fake counts ids.
-    assert resp.usage.prompt_tokens > 10
-    assert records[-1].usage.prompt_tokens == resp.usage.prompt_tokens
+async def test_fim_prompt_and_suffix_become_native_token_sequence(gateway, client, records) -> None:
+    """The engine receives exactly mistral_common's FIM encoding of the model's tokenizer:
+    BOS, [SUFFIX], the suffix, [PREFIX], the prompt, as token ids."""
+    from mistral_common.protocol.fim.request import FIMRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    prompt, suffix = "def f(x):\n    return", "\n\nprint(f(2))"
+    resp = await client.completions.create(model=MODEL, prompt=prompt, suffix=suffix, max_tokens=4)
+    tokenizer = MistralTokenizer.from_file(str(V3_TOKENIZER))
+    expected = tokenizer.encode_fim(FIMRequest(prompt=prompt, suffix=suffix)).tokens
+    control = tokenizer.instruct_tokenizer.tokenizer
+    assert expected[:2] == [control.bos_id, control.get_special_token("[SUFFIX]")]
+    engine = gateway.state.gateway.backends[MODEL].engine
+    assert engine.prompts[-1] == [expected]
+    assert resp.usage.prompt_tokens == records[-1].usage.prompt_tokens == len(expected)
 
 
 async def test_fim_rejected_for_model_without_fim_tokens(client) -> None:
