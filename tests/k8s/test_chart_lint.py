@@ -29,7 +29,7 @@ def test_lints_clean_in_strict_mode(case: str, kube_version: str) -> None:
 
 
 def test_lint_does_see_broken_values() -> None:
-    report = lint({"gateway": {"replicas": 0}}, KUBE_VERSIONS[0])
+    report = lint({"gateway": {"replicas": "two"}}, KUBE_VERSIONS[0])
     text = str(report)
     assert report["errors"] or any(m["severity"] >= 3 for m in report["messages"])
     assert "replicas" in text
