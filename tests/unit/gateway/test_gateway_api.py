@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
+from llmplat.engine.fake import ERROR_EVENT, FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
 from llmplat.gateway.app import create_app
 from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, auth
 
@@ -221,6 +221,27 @@ async def test_failure_mid_stream_ends_with_error_event(http, records) -> None:
     assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "server_error"
     assert events[-1] == "data: [DONE]"
     assert records[-1].status == 502
+
+
+async def test_engine_error_event_mid_stream_is_relayed_recorded_and_billed(http, records) -> None:
+    """vLLM's server reports a generation failure inside the stream; the client gets that
+    event and [DONE], the record keeps the engine's message, the tokens produced are billed."""
+    body = {
+        "model": MODEL,
+        "prompt": f"go {ERROR_EVENT}",
+        "max_tokens": 6,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = await http.post("/v1/completions", json=body, headers=auth())
+    events = [ln.removeprefix("data: ") for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["message"] == "generation failed"
+    text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-2])
+    assert text == " ".join(fake_tokens(f"go {ERROR_EVENT}", 2))  # the two tokens before it
+    record = records[-1]
+    assert (record.status, record.error) == (502, "generation failed")
+    assert record.usage.completion_tokens == 2
 
 
 async def test_openai_client_raises_on_mid_stream_error(client) -> None:

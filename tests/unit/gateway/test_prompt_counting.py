@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from llmplat.engine.protocol import ChatCompletionRequest
-from llmplat.gateway.tokens import PromptCounter
+from llmplat.engine.protocol import ChatCompletionRequest, CompletionRequest
+from llmplat.gateway.tokens import PER_MESSAGE_ALLOWANCE, PromptCounter
 from support import MODEL, V3_TOKENIZER
 
 TOOLS = [
@@ -113,7 +113,10 @@ HF_TEMPLATE = (
     "{% if documents %}[DOCS]{% for d in documents %}{{ d.title }}: {{ d.text }} "
     "{% endfor %}[/DOCS]{% endif %}"
     "{% if persona %}[PERSONA]{{ persona }}[/PERSONA]{% endif %}"
-    "{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}"
+    "{% for m in messages %}"
+    "{% if loop.index0 > 0 and m.role == messages[loop.index0 - 1].role %}"
+    "{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+    "<{{ m.role }}> {{ m.content }} {% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 
@@ -160,3 +163,30 @@ def test_hf_count_includes_tools_documents_and_template_arguments(hf_dir: Path) 
     assert full == len(expected["input_ids"])
     rendered = len(json.dumps(TOOLS)) + len("Revenue grew by four percent.")
     assert full > plain + rendered  # one token per character: everything was counted
+
+
+def test_hf_completion_prompts_are_counted_with_the_tokenizer(hf_dir: Path) -> None:
+    """One token per character here: a single prompt and a batch of two."""
+    counter = PromptCounter(hf_dir)
+    one = counter.measure(CompletionRequest(model=MODEL, prompt="def f(x):"))
+    assert (one.tokens, one.longest, one.prompts) == (9, 9, 1)
+    batch = counter.measure(CompletionRequest(model=MODEL, prompt=["ab", "cdef"]))
+    assert (batch.tokens, batch.longest, batch.prompts) == (6, 4, 2)
+
+
+def test_a_chat_the_template_refuses_is_counted_from_its_text(hf_dir: Path) -> None:
+    """The template raises (two user turns in a row; vLLM will answer 400), yet admission
+    still reserves for it: every message's text plus a per-message allowance, and the
+    tools, documents and template arguments as JSON."""
+    counter = PromptCounter(hf_dir)
+    messages = [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
+    base = counter.measure(_chat(messages)).tokens
+    assert base == len("first") + len("second") + 2 * PER_MESSAGE_ALLOWANCE
+    documents = [{"title": "Q3", "text": "Revenue grew."}]
+    kwargs = {"persona": "terse"}
+    extras = {"tools": TOOLS, "documents": documents, "chat_template_kwargs": kwargs}
+    for name, value in extras.items():
+        counted = counter.measure(_chat(messages, **{name: value})).tokens
+        assert counted == base + len(json.dumps(value)), name
+    everything = counter.measure(_chat(messages, **extras)).tokens
+    assert everything == base + sum(len(json.dumps(v)) for v in extras.values())
