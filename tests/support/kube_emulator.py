@@ -27,12 +27,14 @@ import asyncio
 import collections
 import copy
 import itertools
+import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp.web
@@ -422,3 +424,20 @@ def kube_emulator() -> Iterator[EmulatorHandle]:
     """A fresh emulator per test. Import it into a test module (or a conftest) to use it."""
     with running_kube_emulator() as handle:
         yield handle
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    """A kubeconfig at ``path`` whose current context is the API server at ``url``."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emu", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": {"token": "t0ken"}}],
+                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "u"}}],
+                "current-context": "emu",
+            }
+        )
+    )
+    return path

@@ -16,7 +16,7 @@ from llmplat.auth.kube_store import KubernetesKeyStore
 from llmplat.auth.store import ConflictError, NotFoundError, StoreError
 from llmplat.config.teams import ApiKeyRecord, Registry, Team
 from llmplat.settings import Settings
-from support.kube_emulator import EmulatorHandle, running_kube_emulator
+from support.kube_emulator import EmulatorHandle, running_kube_emulator, write_kubeconfig
 
 NS = "llmplat"
 pytestmark = pytest.mark.timeout(60)
@@ -219,19 +219,7 @@ def test_unreachable_api_is_a_store_error() -> None:
 def test_from_environment_uses_the_kubeconfig(
     kube: EmulatorHandle, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emu", "cluster": {"server": kube.url}}],
-                "users": [{"name": "admin", "user": {"token": "t0ken"}}],
-                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "admin"}}],
-                "current-context": "emu",
-            }
-        )
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.url)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     store = KubernetesKeyStore.from_environment(NS, str(Settings().keystore.kubeconfig))

@@ -22,27 +22,11 @@ from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.settings import Settings
 from support import ADMIN_TOKEN, MODEL, auth
-from support.kube_emulator import EmulatorHandle, running_kube_emulator
+from support.kube_emulator import EmulatorHandle, running_kube_emulator, write_kubeconfig
 
 pytestmark = pytest.mark.timeout(120)
 NS = "llmplat-keys"
 ADMIN = auth(ADMIN_TOKEN)
-
-
-def _kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emu", "cluster": {"server": url}}],
-                "users": [{"name": "gw", "user": {"token": "t0ken"}}],
-                "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "gw"}}],
-                "current-context": "emu",
-            }
-        )
-    )
-    return path
 
 
 async def _until(status: int, http: httpx.AsyncClient, key: str, limit_s: float) -> float:
@@ -60,7 +44,7 @@ async def kube_gateway(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, EmulatorHandle]]:
     with running_kube_emulator() as kube:
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
-        monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", kube.url)))
+        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", kube.url)))
         monkeypatch.setenv("LLMPLAT_KEYSTORE__BACKEND", "kubernetes")
         monkeypatch.setenv("LLMPLAT_KEYSTORE__NAMESPACE", NS)
         running = gateway.state.gateway

@@ -8,12 +8,11 @@ from typing import Any
 
 import kmock
 import pytest
-import yaml
 from kubernetes import client
 
 from llmplat.cli import main
 from llmplat.k8s import status
-from support.kube_emulator import EmulatorHandle, running_kube_emulator
+from support.kube_emulator import EmulatorHandle, running_kube_emulator, write_kubeconfig
 
 NS = "llmplat"
 pytestmark = pytest.mark.timeout(60)
@@ -119,30 +118,13 @@ def test_missing_service_is_a_clear_error(api: client.CustomObjectsApi) -> None:
         status.read_rayservice(api, NS, "other")
 
 
-def kubeconfig(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}],
-                "current-context": "kmock",
-            }
-        )
-    )
-    return path
-
-
 def test_cli_exit_status_follows_readiness(
     kube: EmulatorHandle,
     api: client.CustomObjectsApi,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cfg = str(kubeconfig(tmp_path, kube.url))
+    cfg = str(write_kubeconfig(tmp_path / "kubeconfig", kube.url))
     argv = ["deploy", "status", "-n", NS, "--kubeconfig", cfg]
     assert main(argv) == 1
     assert "no RayService llmplat/llmplat" in capsys.readouterr().err
