@@ -91,7 +91,7 @@ async def main() -> None:
         dev_api_key=SecretStr(DEV_KEY),
         max_request_bytes=2 * BIG_BYTES,
         keystore_path=str(tmp / "teams.yaml"),
-        audit_sink="none",
+        audit_sink=None,  # no audit log (GatewayConfig takes None, not the setting's "none")
     )
     state = assemble_state(config, {MODEL: EngineBackend(engine)})
     app = create_app(state)

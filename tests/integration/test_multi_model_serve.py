@@ -114,9 +114,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
     # `llmplat serve` (Ray's token auth is left to the platform tests: it is process-wide).
     ray_env = {k: v for k, v in ray_environment(settings).items() if not k.startswith("RAY_AUTH")}
     saved = dict(os.environ)
-    os.environ.update(ray_env)
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(settings.ray_temp_dir))
     try:
+        os.environ.update(ray_env)
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(settings.ray_temp_dir))
         serve.start(http_options={"host": "127.0.0.1", "port": _free_port_range(1)})
         app = build_application(models, settings, engine_cls=FakeEngine)
         serve.run(app, name="llmplat", route_prefix="/")

@@ -90,6 +90,7 @@ def test_serve_with_bad_config_exits_2_naming_the_file(tmp_path, capsys, monkeyp
     assert "does-not-exist" in err and "not found" in err
 
 
+@pytest.mark.timeout(60)  # a regression would start Ray: fail, do not hang
 def test_serve_refuses_memory_quotas_with_several_gateway_replicas(
     tmp_path, capsys, monkeypatch
 ) -> None:
@@ -105,6 +106,7 @@ def test_serve_refuses_memory_quotas_with_several_gateway_replicas(
     assert not ray_dir.exists()  # refused before Ray starts
 
 
+@pytest.mark.timeout(60)
 def test_serve_refuses_redis_quotas_without_a_url(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("LLMPLAT_HOME", str(tmp_path))
     monkeypatch.setenv("LLMPLAT_QUOTAS__BACKEND", "redis")

@@ -19,6 +19,7 @@ continuous usage.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import time
@@ -87,8 +88,8 @@ class FakeEngine(LLMEngine):
         self.cancelled = 0
         """Generation calls stopped by their caller (cancellation or close) before the end."""
         self.request_ids: list[str] = []
-        self.prompts: list[list[str | list[int]]] = []
-        """Every call's prompts as the engine received them (text or token ids)."""
+        self.prompts: collections.deque[list[str | list[int]]] = collections.deque(maxlen=64)
+        """The last calls' prompts as the engine received them (text or token ids)."""
         """The engine request id of every generation call, in order."""
         self._gone_once: set[str] = set()
         self.health_checks = 0

@@ -3,9 +3,10 @@ so CLI processes can write at once while a gateway reads."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,21 @@ def _new_key(team: str) -> ApiKeyRecord:
     return ApiKeyRecord(key_id=minted.key_id, team=team, secret_sha256=minted.secret_sha256)
 
 
-def _write_keys(path: str, team: str, count: int) -> None:
-    """One CLI process: opens its own store and adds keys one write at a time."""
-    store = FileKeyStore(Path(path))
-    for _ in range(count):
-        store.put_key(_new_key(team), create=True)
+WRITER = """
+import sys
+from pathlib import Path
+from llmplat.auth.file_store import FileKeyStore
+from llmplat.auth.keys import mint_key
+from llmplat.config.teams import ApiKeyRecord
+
+path, team, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+store = FileKeyStore(path)
+for _ in range(count):
+    minted = mint_key()
+    key = ApiKeyRecord(key_id=minted.key_id, team=team, secret_sha256=minted.secret_sha256)
+    store.put_key(key, create=True)
+"""
+"""One CLI process: opens its own store and adds keys one write at a time."""
 
 
 def test_the_file_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
@@ -57,23 +68,22 @@ def test_concurrent_writers_lose_nothing_and_a_reader_never_sees_a_torn_file(
     store = FileKeyStore(path)
     for i in range(WRITERS):
         store.put_team(Team(name=f"w{i}"), create=True)
-    ctx = multiprocessing.get_context("fork")
     writers = [
-        ctx.Process(target=_write_keys, args=(str(path), f"w{i}", KEYS_EACH))
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), f"w{i}", str(KEYS_EACH)],
+            stderr=subprocess.PIPE,
+        )
         for i in range(WRITERS)
     ]
-    for w in writers:
-        w.start()
     seen: list[int] = []
     torn: list[str] = []
-    while any(w.is_alive() for w in writers):
+    while any(w.poll() is None for w in writers):
         try:
             seen.append(len(store.load().keys))
         except StoreError as exc:
             torn.append(str(exc))
     for w in writers:
-        w.join()
-        assert w.exitcode == 0
+        assert w.wait() == 0, w.stderr.read().decode() if w.stderr else ""
     final = store.load()
     assert not torn
     assert len(seen) > 10  # the reader really read while the writers wrote

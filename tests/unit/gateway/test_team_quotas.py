@@ -231,7 +231,7 @@ async def test_reservation_seen_in_flight_then_settled(
     """While a request runs, the team's tokens hold the prompt (the model's tokenizer count)
     plus max_tokens times n; when it ends (here by the timeout, before any token) only the
     prompt stays billed."""
-    state.config = dataclasses.replace(state.config, request_timeout_s=1.5)
+    state.config = dataclasses.replace(state.config, request_timeout_s=4.0)
     key = await make_key(limits={"tokens_per_minute": 100_000})
     text = f"count these words please {HANG}"
     body: dict = {"model": MODEL, "n": n}
@@ -247,11 +247,14 @@ async def test_reservation_seen_in_flight_then_settled(
         (team,) = (await http.get("/v1/usage", headers=auth(key))).json()["usage"]
         return team
 
+    seen: list[dict] = []
+
     async def reserved() -> None:
-        assert (await team_usage())["in_flight"] == 1
+        seen.append(await team_usage())
+        assert seen[-1]["in_flight"] == 1
 
     await _eventually(reserved)
-    held = await team_usage()
+    held = seen[-1]  # read while the request was in flight (it hangs until the timeout)
     assert held["requests_this_minute"] == 1
     assert (await request).status_code == 504
     after = await team_usage()

@@ -103,6 +103,8 @@ async def test_audit_sink_setting_stdout_or_none(
 ) -> None:
     """`LLMPLAT_AUDIT__SINK=-` writes the lines to stdout, `none` nowhere (no file either)."""
     home = tmp_path_factory.mktemp("home")
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)  # a sink taken as a relative path would land here
     monkeypatch.setenv("LLMPLAT_HOME", str(home))
     monkeypatch.setenv("LLMPLAT_AUDIT__SINK", sink)
     running = gateway.state.gateway
@@ -122,4 +124,4 @@ async def test_audit_sink_setting_stdout_or_none(
     else:
         assert lines == []
     assert "tangerine" not in out
-    assert list(home.iterdir()) == []  # no audit.log under LLMPLAT_HOME
+    assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []  # no file anywhere
