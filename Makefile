@@ -98,13 +98,19 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # Mutation testing of quotas/, auth/ and gateway/ against the unit tests (platform/setup.cfg).
-# Slow (quotas/ alone: ~1,000 mutants, ~25 min on 2 cores), so not part of `make test`.
-# Narrow it with MUTANTS='llmplat.quotas*'; see the survivors with
-# `cd platform && ../.venv/bin/mutmut results`.
+# Slow (~4,600 mutants, each running the unit tests that reach it: many hours on 2 cores),
+# so not part of `make test`. Narrow it with MUTANTS='llmplat.quotas*' or a seeded sample:
+# MUTANTS="$$(.venv/bin/python platform/mutation_sample.py 150)" once mutants/ exists.
+# See the survivors with `cd platform && ../.venv/bin/mutmut results`.
 MUTMUT_VERSION := 3.8.1
 MUTANTS ?=
 mutation: $(STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python mutmut==$(MUTMUT_VERSION)
+	@# mutmut runs each mutant's tests from platform/mutants, naming them relative to
+	@# tests/unit: link tests/unit's entries there, or every test id is "not found" (exit 4),
+	@# which mutmut would count as a killed mutant.
+	mkdir -p platform/mutants
+	for entry in tests/unit/*; do ln -sfn "$(CURDIR)/$$entry" platform/mutants/; done
 	cd platform && LLMPLAT_CONFIG_DIR=$(CURDIR)/configs LLMPLAT_LOADTEST__DIR=$(CURDIR)/loadtests \
 		../$(BIN)/mutmut run \
 		--max-children $$(nproc) $(MUTANTS)
