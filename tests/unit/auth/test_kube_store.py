@@ -128,6 +128,7 @@ def test_names_labels_and_data(kube: EmulatorHandle, store: KubernetesKeyStore) 
 
     raw = kube.objects(NS)
     assert set(raw) == {"llmplat-team-ci-main", f"llmplat-key-{new.key_id}"}
+    assert {(r["apiVersion"], r["kind"]) for r in raw.values()} == {("v1", "Secret")}
     record = decoded(raw[f"llmplat-key-{new.key_id}"])
     assert record == json.loads(key.model_dump_json())
     assert record["secret_sha256"] == new.secret_sha256
@@ -307,6 +308,24 @@ def test_watch_follows_creates_and_team_deletion(kube: EmulatorHandle) -> None:
     assert w.error is None
     # Only real changes are reported: no duplicate consecutive snapshots.
     assert all(a != b for a, b in zip(w.snapshots, w.snapshots[1:], strict=False))
+
+
+def test_watch_drops_a_secret_relabelled_out_of_the_store(kube: EmulatorHandle) -> None:
+    """Someone re-labels a key's Secret (still managed by llmplat, no longer a key): the key
+    leaves every gateway's view, as if deleted."""
+    store = KubernetesKeyStore(NS, kube.core_v1())
+    store.put_team(Team(name="ide"), create=True)
+    key = key_for("ide")
+    store.put_key(key, create=True)
+    with Watcher(store) as w:
+        w.wait_for(lambda r: key.key_id in r.keys)
+        kube.core_v1().patch_namespaced_secret(
+            f"llmplat-key-{key.key_id}",
+            NS,
+            {"metadata": {"labels": {"llmplat.io/kind": "retired"}}},
+        )
+        w.wait_for(lambda r: key.key_id not in r.keys and "ide" in r.teams, timeout=5)
+    assert w.error is None
 
 
 def test_watch_relists_after_410_gone(kube: EmulatorHandle) -> None:

@@ -36,7 +36,9 @@ async def test_admin_lifecycle_team_key_revoke(http) -> None:
         headers=ADMIN,
     )
     assert r.status_code == 201, r.text
-    assert (await http.post("/admin/teams", json={"name": "ide"}, headers=ADMIN)).status_code == 409
+    again = await http.post("/admin/teams", json={"name": "ide"}, headers=ADMIN)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    assert "team 'ide' already exists" in again.json()["error"]["message"]
 
     r = await http.post("/admin/teams/ide/keys", json={"name": "laptop"}, headers=ADMIN)
     assert r.status_code == 201
@@ -172,6 +174,7 @@ async def test_keys_with_their_own_limits_and_expiry(gateway, http) -> None:
         ("PATCH", "/admin/teams/ops", {"priority_class": "urgent"}, 400, "priority_class"),
         ("PATCH", "/admin/teams/ops", {"colour": "red"}, 400, "colour"),
         ("PATCH", "/admin/teams/ops", ["not", "an", "object"], 400, "object"),
+        ("PATCH", "/admin/teams/ops", {"name": "renamed"}, 400, "name"),
         ("POST", "/admin/teams/ghost/keys", {}, 404, "ghost"),
         ("POST", "/admin/teams/ops/keys", {"expires_in_days": 0}, 400, "expires_in_days"),
         ("POST", "/admin/teams/ops/keys", {"scopes": ["all"]}, 400, "scopes"),
@@ -220,3 +223,21 @@ async def test_admin_api_is_off_without_a_token(gateway) -> None:
         r = await h.post("/admin/teams", json={"name": "x"}, headers=ADMIN)
         assert r.status_code == 404
         assert (await h.get("/v1/models", headers=auth())).status_code == 200  # still serving
+
+
+async def test_rotation_keeps_name_expiry_window_and_limits(http) -> None:
+    await http.post("/admin/teams", json={"name": "ci"}, headers=ADMIN)
+    old = (
+        await http.post(
+            "/admin/teams/ci/keys",
+            json={"name": "runner", "expires_in_days": 30, "limits": {"tokens_per_day": 500}},
+            headers=ADMIN,
+        )
+    ).json()
+    new = (await http.post(f"/admin/keys/{old['key_id']}/rotate", headers=ADMIN)).json()
+    assert (new["team"], new["name"], new["limits"]) == ("ci", "runner", old["limits"])
+    window = datetime.fromisoformat(new["expires_at"]) - datetime.fromisoformat(new["created_at"])
+    assert abs(window - timedelta(days=30)) < timedelta(seconds=1)
+    again = await http.post(f"/admin/keys/{old['key_id']}/rotate", headers=ADMIN)
+    assert again.status_code == 400
+    assert f"key '{old['key_id']}' is revoked already" in again.json()["error"]["message"]

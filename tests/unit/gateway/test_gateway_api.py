@@ -291,6 +291,23 @@ async def test_bad_completion_bodies_are_400(http, body) -> None:
         assert error["param"] == "echo" and "cannot be combined with 'suffix'" in error["message"]
 
 
+async def test_a_bad_field_is_named_and_further_problems_counted(http) -> None:
+    one = await http.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "x", "temperature": "hot"},
+        headers=auth(),
+    )
+    assert one.json()["error"]["param"] == "temperature"
+    assert one.json()["error"]["message"].startswith("Invalid request: 'temperature': ")
+    assert "more problems" not in one.json()["error"]["message"]
+    three = await http.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "x", "temperature": "hot", "top_p": "x", "seed": "y"},
+        headers=auth(),
+    )
+    assert three.json()["error"]["message"].endswith(" (2 more problems)")
+
+
 async def test_streaming_fim_is_served_and_billed(client, records) -> None:
     stream = await client.completions.create(
         model=MODEL,

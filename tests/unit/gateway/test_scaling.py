@@ -26,7 +26,12 @@ from llmplat.engine.fake import FAIL_BEFORE, HANG, REPLICA_GONE_ONCE
 from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import EngineBackend
-from llmplat.gateway.scaling import AWAITING_AUTOSCALER, SCALED_TO_ZERO, STARTING_FROM_ZERO
+from llmplat.gateway.scaling import (
+    AWAITING_AUTOSCALER,
+    REFRESH_S,
+    SCALED_TO_ZERO,
+    STARTING_FROM_ZERO,
+)
 from llmplat.gateway.state import GatewayConfig, GatewayModel, GatewayState, RequestRecord
 from support import DEV_KEY, MODEL, auth, make_engine
 from support.kv import MemoryKv
@@ -208,3 +213,15 @@ async def test_the_autoscalers_view_is_exported(scaled, kv) -> None:
     text = generate_latest(state.metrics.registry).decode()
     assert 'reason="queue"' not in text  # only the last decision is on show
     assert 'direction="down",model="tiny-mixtral",reason="low_load"} 1.0' in text
+
+
+async def test_a_running_replica_follows_reports_on_its_own(scaled, kv) -> None:
+    """No test-driven refresh: the replica's background follower reads new reports."""
+    state, _, _ = scaled
+    kv.put(MODEL.encode(), report(1, 2).to_json())
+
+    def seen() -> bool:
+        now = state.scale.report(MODEL)
+        return now is not None and (now.running, now.desired) == (1, 2)
+
+    await eventually(seen, timeout_s=5 * REFRESH_S + 2, what="the report followed")

@@ -182,6 +182,7 @@ async def test_rate_limit_headers_on_every_response(http, make_key, clock) -> No
     assert h["x-ratelimit-reset-tokens"] == "50s"
     bad = await http.post("/v1/completions", json={"model": MODEL}, headers=auth(key))
     assert bad.status_code == 400 and bad.headers["x-ratelimit-limit-requests"] == "5"
+    assert bad.headers["x-ratelimit-limit-tokens"] == "1000"  # refused before admission too
 
 
 async def test_requests_per_minute_429_with_retry_after_then_window_resets(

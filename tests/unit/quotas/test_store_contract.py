@@ -21,7 +21,7 @@ from llmplat.quotas.model import (
 from llmplat.quotas.redis_store import RedisQuotaStore, redact_url
 from support.redis_server import RedisServer, free_port, redis_server
 
-from .conftest import DAY0, T0, Tracked
+from .conftest import DAY0, T0, Tracked, unique_prefix
 
 MINUTE0 = (DAY0 + 36_000) // 60
 NEXT_MINUTE = DAY0 + 36_060  # the minute after T0's
@@ -430,6 +430,34 @@ async def test_unreachable_redis_raises_quickly_without_the_password() -> None:
     assert "s3cret" not in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
 
 
+async def test_connect_uses_the_given_socket_timeout() -> None:
+    with socket.socket() as listener:  # accepts TCP connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(QuotaStoreUnavailable) as info:
+            await RedisQuotaStore.connect(
+                f"redis://:s3cret@127.0.0.1:{port}/0", socket_timeout_s=0.2
+            )
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.45, elapsed  # 0.2 s, not the default 0.5 s
+    # The cause keeps its exception type; the password is replaced by exactly "***".
+    assert str(info.value).startswith(
+        f"quota store Redis at redis://127.0.0.1:{port}/0 unavailable"
+    )
+    assert "TimeoutError: " in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_error_texts_name_the_cause_and_mask_the_password() -> None:
+    store = RedisQuotaStore("redis://:s3cret@127.0.0.1:1/0")
+    scrubbed = store._unavailable("reserve", ConnectionError("AUTH s3cret refused"))
+    assert str(scrubbed) == (
+        "quota store Redis at redis://127.0.0.1:1/0 unavailable (reserve): "
+        "ConnectionError: AUTH *** refused"
+    )
+
+
 async def test_silent_redis_times_out_once_without_retrying() -> None:
     with socket.socket() as listener:  # accepts TCP connections, never answers
         listener.bind(("127.0.0.1", 0))
@@ -466,6 +494,15 @@ async def test_wrong_password_is_unavailable_and_not_echoed() -> None:
         ("rediss://user:s3cret@redis.example:6380/2", "rediss://redis.example:6380/2"),
         ("redis://redis:6379", "redis://redis:6379"),
         ("unix:///run/redis.sock?db=1&password=s3cret", "unix:///run/redis.sock?db=1&password=***"),
+        ("unix:/run/redis.sock?password=s3cret", "unix:/run/redis.sock?password=***"),
+        (
+            "redis://redis:6379/0?password=s3cret&client_name=",
+            "redis://redis:6379/0?password=***&client_name=",
+        ),
+        (
+            "redis://redis:6379/0?ssl_ca_certs=/etc/ca.pem",
+            "redis://redis:6379/0?ssl_ca_certs=/etc/ca.pem",
+        ),
     ],
 )
 def test_redact_url(url: str, safe: str) -> None:
@@ -492,5 +529,21 @@ async def test_concurrent_reservations_on_one_store_are_exact(redis: RedisServer
         for a in admitted:
             await store.settle(a.reservation, 1, T0)
         assert (await store.usage(t, T0)).in_flight == 0
+    finally:
+        await store.close()
+
+
+async def test_an_endless_lease_keeps_its_in_flight_set_for_30_days(redis: RedisServer) -> None:
+    """A lease without end (or beyond 30 days) must not make Redis keep the set forever,
+    nor fail: its key expires 30 days (plus the grace) after the reservation."""
+    store = await RedisQuotaStore.connect(redis.url, key_prefix=unique_prefix())
+    try:
+        t = team(concurrent_requests=2)
+        for lease in (float("inf"), 90 * 86_400.0):
+            adm = await store.reserve([t], 1, time.time(), lease, f"r{lease}")
+            ttl = await store._redis.ttl(store._key(t.name, "inflight"))
+            assert 30 * 86_400 < ttl <= 30 * 86_400 + 60, ttl
+            assert (await store.usage(t, time.time())).in_flight >= 1
+            await store.settle(adm.reservation, 1, time.time())
     finally:
         await store.close()
