@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -328,7 +329,10 @@ def test_watch_drops_a_secret_relabelled_out_of_the_store(kube: EmulatorHandle) 
     assert w.error is None
 
 
-def test_watch_relists_after_410_gone(kube: EmulatorHandle) -> None:
+def test_watch_relists_after_410_gone(
+    kube: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="llmplat.auth.kube_store")
     store = KubernetesKeyStore(NS, kube.core_v1())
     store.put_team(Team(name="ide"), create=True)
     with Watcher(store) as w:
@@ -355,6 +359,8 @@ def test_watch_relists_after_410_gone(kube: EmulatorHandle) -> None:
         kube.expire()
         w.wait_for(lambda r: "hidden" in r.teams, timeout=5)
     assert w.error is None
+    # What an operator reads in the gateway's log: the expiry and the re-list, as such.
+    assert "key store watch expired (410 Gone); re-listing" in caplog.messages
 
 
 def test_watch_survives_a_corrupt_secret(kube: EmulatorHandle) -> None:
