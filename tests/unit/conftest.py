@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -16,7 +18,7 @@ from llmplat.auth.file_store import FileKeyStore
 from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import EngineBackend
-from llmplat.gateway.state import GatewayConfig, GatewayModel, RequestRecord
+from llmplat.gateway.state import GatewayConfig, GatewayModel, GatewayState, RequestRecord
 from llmplat.settings import Settings
 from support import (
     ADMIN_TOKEN,
@@ -116,3 +118,26 @@ async def live_url(gateway: FastAPI) -> AsyncIterator[str]:
 
     async with serve_loopback(gateway) as url:
         yield url
+
+
+Replica = Callable[..., AbstractAsyncContextManager[tuple[GatewayState, httpx.AsyncClient]]]
+
+
+@pytest.fixture
+def replica(gateway: FastAPI) -> Replica:
+    """``async with replica(**config_changes) as (state, http)``: another replica of the
+    running gateway (same engines, key store and audit sink unless changed), assembled
+    from its config with ``config_changes``, its lifespan running."""
+
+    @asynccontextmanager
+    async def make(**changes: object) -> AsyncIterator[tuple[GatewayState, httpx.AsyncClient]]:
+        running: GatewayState = gateway.state.gateway
+        state = assemble_state(dataclasses.replace(running.config, **changes), running.backends)
+        app = create_app(state)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
+        ):
+            yield state, h
+
+    return make

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import openai
 import pytest
 
-from llmplat.gateway.app import create_app
-from llmplat.gateway.assemble import assemble_state
 from support import ADMIN_TOKEN, MODEL, auth
 
 ADMIN = auth(ADMIN_TOKEN)
@@ -208,14 +205,8 @@ async def test_admin_status_reports_deployments_under_serve_only(gateway, http) 
     assert (await http.get("/admin/status")).status_code == 401
 
 
-async def test_admin_api_is_off_without_a_token(gateway) -> None:
-    state = gateway.state.gateway
-    off = dataclasses.replace(state.config, admin_token=None)
-    app = create_app(assemble_state(off, state.backends))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
-    ):
+async def test_admin_api_is_off_without_a_token(replica) -> None:
+    async with replica(admin_token=None) as (_, h):
         for path in ("/admin/teams", "/admin/status", "/admin/keys"):
             r = await h.get(path, headers=ADMIN)  # even with what was the token
             assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +18,6 @@ import pytest
 from llmplat.auth.kube_store import KubernetesKeyStore
 from llmplat.auth.store import KeyStore
 from llmplat.config.teams import ApiKeyRecord
-from llmplat.gateway.app import create_app
-from llmplat.gateway.assemble import assemble_state
 from llmplat.settings import Settings
 from support import ADMIN_TOKEN, MODEL, auth
 from support.kube_emulator import EmulatorHandle, running_kube_emulator, write_kubeconfig
@@ -41,22 +38,15 @@ async def _until(status: int, http: httpx.AsyncClient, key: str, limit_s: float)
 
 @pytest.fixture
 async def kube_gateway(
-    gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[httpx.AsyncClient, EmulatorHandle]]:
     with running_kube_emulator() as kube:
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
         monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", kube.url)))
         monkeypatch.setenv("LLMPLAT_KEYSTORE__BACKEND", "kubernetes")
         monkeypatch.setenv("LLMPLAT_KEYSTORE__NAMESPACE", NS)
-        running = gateway.state.gateway
-        config = dataclasses.replace(running.config, keystore=Settings().keystore)
-        state = assemble_state(config, running.backends)
-        assert isinstance(state.admin.store, KubernetesKeyStore)
-        app = create_app(state)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
-        ):
+        async with replica(keystore=Settings().keystore) as (state, h):
+            assert isinstance(state.admin.store, KubernetesKeyStore)
             yield h, kube
 
 

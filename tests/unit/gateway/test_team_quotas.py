@@ -420,14 +420,12 @@ async def test_one_team_exhausted_does_not_touch_another(http, make_key, clock) 
 
 @pytest.mark.parametrize("on_store_error", ["closed", "open"])
 async def test_quota_store_down_follows_on_store_error(
-    gateway, make_key, state, monkeypatch, on_store_error
+    replica, make_key, monkeypatch, on_store_error
 ) -> None:
     """The Redis settings of a replica, from the environment as a deployment reads them,
     with a real Redis client pointed at a port nothing listens on."""
     import socket
 
-    from llmplat.gateway.app import create_app
-    from llmplat.gateway.assemble import assemble_state
     from llmplat.settings import Settings
 
     with socket.socket() as s:
@@ -436,14 +434,8 @@ async def test_quota_store_down_follows_on_store_error(
     monkeypatch.setenv("LLMPLAT_QUOTAS__BACKEND", "redis")
     monkeypatch.setenv("LLMPLAT_QUOTAS__REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
     monkeypatch.setenv("LLMPLAT_QUOTAS__ON_STORE_ERROR", on_store_error)
-    config = dataclasses.replace(state.config, quotas=Settings().quotas)
-    down = assemble_state(config, state.backends)
-    app = create_app(down)
     key = await make_key(limits={"requests_per_minute": 1})
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
-    ):
+    async with replica(quotas=Settings().quotas) as (down, h):
         await _eventually(lambda: _assert(len(down.authenticator.registry.keys) > 0))
         body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
         answers = [await h.post("/v1/completions", json=body, headers=auth(key)) for _ in range(3)]

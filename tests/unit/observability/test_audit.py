@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import stat
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from llmplat.auth.admin import KeyAdmin
-from llmplat.gateway.app import create_app
-from llmplat.gateway.assemble import assemble_state
 from llmplat.observability.audit import AuditLog
 from llmplat.settings import Settings
 from support import MODEL, auth
@@ -99,7 +95,7 @@ def test_audit_file_is_owner_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sink", ["-", "none"])
 async def test_audit_sink_setting_stdout_or_none(
-    sink: str, gateway, monkeypatch, capfd, tmp_path_factory: pytest.TempPathFactory
+    sink: str, replica, monkeypatch, capfd, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """`LLMPLAT_AUDIT__SINK=-` writes the lines to stdout, `none` nowhere (no file either)."""
     home = tmp_path_factory.mktemp("home")
@@ -107,14 +103,8 @@ async def test_audit_sink_setting_stdout_or_none(
     monkeypatch.chdir(cwd)  # a sink taken as a relative path would land here
     monkeypatch.setenv("LLMPLAT_HOME", str(home))
     monkeypatch.setenv("LLMPLAT_AUDIT__SINK", sink)
-    running = gateway.state.gateway
-    config = dataclasses.replace(running.config, audit_sink=Settings().audit_sink)
-    app = create_app(assemble_state(config, running.backends))
-    capfd.readouterr()
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h,
-    ):
+    async with replica(audit_sink=Settings().audit_sink) as (_, h):
+        capfd.readouterr()
         body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
         assert (await h.post("/v1/completions", json=body, headers=auth())).status_code == 200
     out = capfd.readouterr().out  # the app's shutdown flushed the writer
