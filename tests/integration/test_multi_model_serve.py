@@ -26,7 +26,7 @@ from llmplat.auth.file_store import FileKeyStore
 from llmplat.config.loader import load_profile
 from llmplat.engine.fake import FakeEngine, fake_tokens
 from llmplat.engine.llm_config import build_llm_config
-from llmplat.runtime import ray_environment
+from llmplat.runtime import port_free, ray_environment
 from llmplat.serving.builder import BuiltModel, build_application
 from llmplat.settings import GatewaySettings, QuotaSettings, Settings
 from support import V3_TOKENIZER
@@ -67,17 +67,8 @@ def _free_port_range(count: int) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             first = s.getsockname()[1]
-        if first + count < 65536 and all(_bindable(first + i) for i in range(count)):
+        if first + count < 65536 and all(port_free("127.0.0.1", first + i) for i in range(count)):
             return first
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
