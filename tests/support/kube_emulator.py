@@ -146,6 +146,9 @@ class KubeEmulator(k8s.KubernetesEmulator):
 
     honor_watch_timeout: bool = True
     """False: ignore ``timeoutSeconds`` like kmock itself (streams end only on disconnect)."""
+    honor_label_selectors: bool = True
+    """False: answer lists and watches with every object, whatever ``labelSelector`` says
+    (as some API proxies and aggregated servers do); clients must filter themselves."""
     _clock: _Clock = attrs.field(factory=_Clock, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -229,8 +232,13 @@ class KubeEmulator(k8s.KubernetesEmulator):
             return await self._render_error(exc)
         return aiohttp.web.json_response(result)
 
+    def _selector(self, request: rendering.Request) -> list[tuple[str, str, str | None]]:
+        if not self.honor_label_selectors:
+            return []
+        return _parse_selector(request.params.get("labelSelector"))
+
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        terms = _parse_selector(request.params.get("labelSelector"))
+        terms = self._selector(request)
         async with self._lock:
             rv = self._clock.current
         result = await super()._serve_list(request)
@@ -244,7 +252,7 @@ class KubeEmulator(k8s.KubernetesEmulator):
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""  # send the headers now: the client waits for them
         assert request.resource is not None
-        terms = _parse_selector(request.params.get("labelSelector"))
+        terms = self._selector(request)
         since_param = request.params.get("resourceVersion") or "0"
         since = int(since_param) if since_param.isdigit() else 0
         timeout = float(request.params.get("timeoutSeconds") or 0) or None

@@ -43,6 +43,32 @@ def decoded(secret: dict) -> dict:
     return json.loads(base64.b64decode(secret["data"]["record.json"]))
 
 
+OURS = {"app.kubernetes.io/managed-by": "llmplat"}
+
+
+def raw_secret(name: str, labels: dict[str, str], record: bytes | None) -> dict:
+    """A Secret as the API server stores it; ``record`` None: no ``record.json`` at all."""
+    data = {} if record is None else {"record.json": base64.b64encode(record).decode()}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "data": data,
+    }
+
+
+def create_raw(kube: EmulatorHandle, raw: dict) -> None:
+    """Create ``raw`` through the API (so watchers see an ADDED event)."""
+    meta = raw["metadata"]
+    kube.core_v1().create_namespaced_secret(
+        NS,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=meta["name"], labels=meta["labels"]),
+            data=raw["data"],
+        ),
+    )
+
+
 class Watcher:
     """Runs ``store.watch`` in a thread and records every snapshot."""
 
@@ -182,21 +208,98 @@ def test_a_corrupt_secret_is_reported_by_name(
 ) -> None:
     store.put_team(Team(name="ide"), create=True)
     kube.put_object(
-        NS,
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": "llmplat-key-bad0",
-                "namespace": NS,
-                "labels": {"app.kubernetes.io/managed-by": "llmplat", "llmplat.io/kind": "key"},
-            },
-            "data": {"record.json": base64.b64encode(b'{"not": "a key s3cr3t"}').decode()},
-        },
+        NS, raw_secret("llmplat-key-bad0", {**OURS, "llmplat.io/kind": "key"}, b'{"not": "s3cr3t"}')
     )
-    with pytest.raises(StoreError, match="llmplat-key-bad0") as err:
+    with pytest.raises(StoreError) as err:
         store.load()
+    assert str(err.value) == (
+        f"Secret 'llmplat-key-bad0' in namespace '{NS}' is not a valid llmplat key "
+        "(not a valid ApiKeyRecord record); fix or delete it"
+    )
     assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            raw_secret("llmplat-team-a", {**OURS, "llmplat.io/kind": "team"}, None),
+            "is not a valid llmplat team (no 'record.json' data)",
+        ),
+        (
+            {**raw_secret("llmplat-team-a", {**OURS, "llmplat.io/kind": "team"}, None),
+             "data": {"record.json": "not base64!"}},
+            "is not a valid llmplat team (not a valid Team record)",
+        ),
+        (
+            raw_secret(
+                "llmplat-team-a",
+                {**OURS, "llmplat.io/kind": "team"},
+                Team(name="b").model_dump_json().encode(),
+            ),
+            "holds the record of 'llmplat-team-b'",
+        ),
+    ],
+    ids=["no-data", "not-base64", "someone-elses-record"],
+)
+def test_unreadable_secrets_say_why(
+    kube: EmulatorHandle, store: KubernetesKeyStore, raw: dict, reason: str
+) -> None:
+    kube.put_object(NS, raw)
+    with pytest.raises(StoreError) as err:
+        store.load()
+    assert str(err.value) == (
+        f"Secret 'llmplat-team-a' in namespace '{NS}' {reason}; fix or delete it"
+    )
+
+
+@pytest.mark.parametrize("selectors", [True, False], ids=["server-filters", "server-ignores"])
+def test_secrets_of_ours_in_name_or_label_only_are_not_records(selectors: bool) -> None:
+    """The kind label and the name prefix must agree and the Secret must be managed by
+    llmplat; anything else is someone else's Secret, neither loaded nor an error, also from a
+    server that ignores label selectors."""
+
+    teams = {name: Team(name=name) for name in "vwxz"}
+
+    def record(name: str) -> bytes:
+        return teams[name].model_dump_json().encode()
+
+    with running_kube_emulator(honor_label_selectors=selectors) as kube:
+        for raw in (
+            raw_secret("llmplat-team-w", {"llmplat.io/kind": "team"}, record("w")),
+            raw_secret("llmplat-team-v", {**OURS}, record("v")),
+            raw_secret("llmplat-team-x", {**OURS, "llmplat.io/kind": "team"}, record("x")),
+            raw_secret("team-x", {**OURS, "llmplat.io/kind": "team"}, record("x")),
+            raw_secret("llmplat-key-x", {**OURS, "llmplat.io/kind": "team"}, record("x")),
+            raw_secret(
+                "llmplat-team-y",
+                {**OURS, "llmplat.io/kind": "key"},
+                key_for("y").model_dump_json().encode(),
+            ),
+            raw_secret("llmplat-team-z", {**OURS, "llmplat.io/kind": "retired"}, record("z")),
+        ):
+            kube.put_object(NS, raw)
+        assert KubernetesKeyStore(NS, kube.core_v1()).load() == Registry(
+            teams={"x": teams["x"]}
+        )
+
+
+def test_delete_team_with_a_server_ignoring_label_selectors() -> None:
+    """The list of a team's keys may come back unfiltered: only that team's keys go."""
+    with running_kube_emulator(honor_label_selectors=False) as kube:
+        store = KubernetesKeyStore(NS, kube.core_v1())
+        for team in ("ide", "ci"):
+            store.put_team(Team(name=team), create=True)
+        ide_key, ci_key = key_for("ide"), key_for("ci")
+        for key in (ide_key, ci_key):
+            store.put_key(key, create=True)
+        kube.put_object(NS, raw_secret("db-password", {}, b"hunter2"))
+        store.delete_team("ide")
+        assert set(kube.objects(NS)) == {
+            "llmplat-team-ci",
+            f"llmplat-key-{ci_key.key_id}",
+            "db-password",
+        }
 
 
 def test_api_errors_name_the_namespace(kube: EmulatorHandle) -> None:
@@ -214,8 +317,22 @@ def test_unreachable_api_is_a_store_error() -> None:
     cfg.host = "http://127.0.0.1:9"  # discard: nothing listens
     cfg.retries = 0
     store = KubernetesKeyStore(NS, client.CoreV1Api(client.ApiClient(cfg)))
-    with pytest.raises(StoreError, match=f"namespace '{NS}': cannot reach the Kubernetes API"):
+    with pytest.raises(StoreError) as err:
         store.load()
+    assert str(err.value).startswith(
+        f"listing llmplat Secrets in namespace '{NS}': cannot reach the Kubernetes API at "
+        "http://127.0.0.1:9: MaxRetryError: "
+    )
+
+
+def test_api_error_quotes_the_status_message_only_and_briefly(kube: EmulatorHandle) -> None:
+    kube.fail_namespace("busy", 500, "etcd is " + "very " * 100 + "slow")
+    with pytest.raises(StoreError) as err:
+        KubernetesKeyStore("busy", kube.core_v1()).load()
+    quoted = ("etcd is " + "very " * 100)[:300]
+    assert str(err.value) == (
+        f"listing llmplat Secrets in namespace 'busy' failed (HTTP 500: {quoted})"
+    )
 
 
 def test_from_environment_uses_the_kubeconfig(
@@ -339,22 +456,9 @@ def test_watch_relists_after_410_gone(
         w.wait_for(lambda r: "ide" in r.teams)
         # A change the watch cannot see as an event, then history compacted past it:
         # only a re-list (after 410 Gone) can bring it in.
-        team = Team(name="hidden")
+        team = Team(name="hidden").model_dump_json().encode()
         kube.put_object(
-            NS,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {
-                    "name": "llmplat-team-hidden",
-                    "namespace": NS,
-                    "labels": {
-                        "app.kubernetes.io/managed-by": "llmplat",
-                        "llmplat.io/kind": "team",
-                    },
-                },
-                "data": {"record.json": base64.b64encode(team.model_dump_json().encode()).decode()},
-            },
+            NS, raw_secret("llmplat-team-hidden", {**OURS, "llmplat.io/kind": "team"}, team)
         )
         kube.expire()
         w.wait_for(lambda r: "hidden" in r.teams, timeout=5)
@@ -363,23 +467,27 @@ def test_watch_relists_after_410_gone(
     assert "key store watch expired (410 Gone); re-listing" in caplog.messages
 
 
-def test_watch_survives_a_corrupt_secret(kube: EmulatorHandle) -> None:
+def test_watch_survives_a_corrupt_secret(
+    kube: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
     store = KubernetesKeyStore(NS, kube.core_v1())
+    broken = raw_secret("llmplat-team-broken", {**OURS, "llmplat.io/kind": "team"}, b"{}")
+    why = (
+        f"Secret 'llmplat-team-broken' in namespace '{NS}' is not a valid llmplat team "
+        "(not a valid Team record); fix or delete it"
+    )
     with Watcher(store) as w:
         w.wait_for(lambda r: r == Registry())
-        kube.core_v1().create_namespaced_secret(
-            NS,
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(
-                    name="llmplat-team-broken",
-                    labels={"app.kubernetes.io/managed-by": "llmplat", "llmplat.io/kind": "team"},
-                ),
-                data={"record.json": base64.b64encode(b"{}").decode()},
-            ),
-        )
+        create_raw(kube, broken)
         store.put_team(Team(name="ide"), create=True)
         w.wait_for(lambda r: set(r.teams) == {"ide"})
     assert w.error is None
+    assert f"key store: ignoring change: {why}" in caplog.messages
+    # A watch that starts with the broken Secret in the list skips it and takes the rest.
+    with Watcher(KubernetesKeyStore(NS, kube.core_v1())) as w:
+        w.wait_for(lambda r: set(r.teams) == {"ide"})
+    assert w.error is None
+    assert f"key store: skipping {why}" in caplog.messages
 
 
 def test_on_change_errors_end_the_watch(kube: EmulatorHandle) -> None:
@@ -393,7 +501,7 @@ def test_on_change_errors_end_the_watch(kube: EmulatorHandle) -> None:
 
 
 def test_view_is_confirmed_while_the_watch_works_and_ages_when_it_fails(
-    kube: EmulatorHandle,
+    kube: EmulatorHandle, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = KubernetesKeyStore(NS, kube.core_v1(), retry_s=0.2)
     assert store.confirmed_at is None
@@ -407,3 +515,23 @@ def test_view_is_confirmed_while_the_watch_works_and_ages_when_it_fails(
         time.sleep(4.0)
         assert store.confirmed_at is not None
         assert time.monotonic() - store.confirmed_at > 2.0
+    # What an operator reads in the gateway's log: the watch, then each re-list, failing.
+    failed = f"in namespace '{NS}' failed (HTTP 503: etcd unavailable)"
+    assert f"key store watch: watching Secrets {failed}" in caplog.messages
+    assert f"key store not reloaded: listing llmplat Secrets {failed}" in caplog.messages
+
+
+def test_watch_says_when_the_api_server_is_gone(caplog: pytest.LogCaptureFixture) -> None:
+    with running_kube_emulator() as kube:
+        store = KubernetesKeyStore(NS, kube.core_v1(), retry_s=0.2)
+        with Watcher(store) as w:
+            w.wait_for(lambda r: r == Registry())
+            kube.stop()
+            time.sleep(3.0)
+    unreachable = f"in namespace '{NS}': cannot reach the Kubernetes API at {kube.url}: "
+    messages = caplog.messages
+    assert any(m.startswith(f"key store watch: watching Secrets {unreachable}") for m in messages)
+    assert any(
+        m.startswith(f"key store not reloaded: listing llmplat Secrets {unreachable}")
+        for m in messages
+    ), messages
