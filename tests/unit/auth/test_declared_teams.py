@@ -10,6 +10,7 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.declared import apply_declared_teams, load_declared_teams
 from llmplat.auth.file_store import FileKeyStore
 from llmplat.config.loader import ConfigError
+from llmplat.config.teams import Team
 
 
 @pytest.fixture
@@ -52,6 +53,35 @@ def test_declared_limits_replace_the_stored_ones(tmp_path: Path, admin: KeyAdmin
     apply_declared_teams(admin, declared)
     limits = admin.get_team("ci").limits
     assert limits.tokens_per_day == 7 and limits.requests_per_minute is None
+
+
+class _RacedFileStore(FileKeyStore):
+    """Another gateway replica creates each team between this one's read and its create."""
+
+    def __init__(self, path: Path, theirs: dict[str, object]) -> None:
+        super().__init__(path)
+        self.theirs = theirs
+
+    def put_team(self, team: Team, *, create: bool) -> None:
+        if create:
+            super().put_team(team.model_copy(update=self.theirs), create=True)
+        super().put_team(team, create=create)
+
+
+@pytest.mark.parametrize(
+    ("theirs", "done"),
+    [({}, "unchanged"), ({"priority_class": "interactive"}, "updated")],
+    ids=["same-declaration", "older-declaration"],
+)
+def test_a_team_created_meanwhile_is_compared_not_an_error(
+    tmp_path: Path, theirs: dict[str, object], done: str
+) -> None:
+    admin = KeyAdmin(_RacedFileStore(tmp_path / "teams.yaml", theirs))
+    declared = load_declared_teams(
+        write(tmp_path, "teams:\n  - {name: ci, priority_class: batch}\n")
+    )
+    assert apply_declared_teams(admin, declared) == {"ci": done}
+    assert admin.get_team("ci").priority_class == "batch"
 
 
 @pytest.mark.parametrize(

@@ -347,6 +347,29 @@ def test_from_environment_uses_the_kubeconfig(
     assert set(KubernetesKeyStore(NS, kube.core_v1()).load().teams) == {"ide"}
 
 
+def test_in_a_pod_the_service_account_wins_over_a_kubeconfig(
+    kube: EmulatorHandle, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a gateway pod gets: the API server from the service environment and the mounted
+    service account token (never a kubeconfig that happens to be set)."""
+    from kubernetes.config import incluster_config
+
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-t0ken")
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", kube.url)))
+
+    store = KubernetesKeyStore.from_environment(NS, str(Settings().keystore.kubeconfig))
+    cfg = store.api.api_client.configuration
+    assert cfg.host == "https://10.96.0.1:443"
+    assert cfg.ssl_ca_cert == str(ca)
+    assert cfg.api_key == {"BearerToken": "bearer sa-t0ken"}
+
+
 def test_from_environment_without_any_config(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
