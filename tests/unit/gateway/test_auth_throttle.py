@@ -19,11 +19,23 @@ def test_window_slides_and_addresses_are_separate() -> None:
     refused = throttle.failed("10.0.0.1", error)
     assert refused.status == 429 and refused.code == "too_many_failed_authentications"
     assert refused.headers["retry-after"] == "60"
+    assert refused.message == (
+        "Too many failed authentications from this address (3 per 60 s); "
+        "check the API key and retry after 60 s."
+    )
     assert throttle.failed("10.0.0.2", error).status == 401  # another address
     now[0] = 30.0
     assert throttle.failed("10.0.0.1", error).status == 429
     assert throttle.failed("10.0.0.1", error).headers["retry-after"] == "30"
     now[0] = 200.0  # a quiet window later: counted afresh
+    assert throttle.failed("10.0.0.1", error).status == 401
+
+
+def test_clients_without_an_address_share_one_count() -> None:
+    throttle = FailedAuthThrottle(limit=2)
+    error = AuthenticationFailed("bad key")
+    assert [throttle.failed(None, error).status for _ in range(3)] == [401, 401, 429]
+    assert throttle.failed("unknown", error).status == 429
     assert throttle.failed("10.0.0.1", error).status == 401
 
 
@@ -61,4 +73,21 @@ async def test_wrong_admin_tokens_are_throttled(gateway, http: httpx.AsyncClient
         (await http.get("/admin/teams", headers=wrong)).status_code for _ in range(limit + 1)
     ]
     assert statuses == [403] * limit + [429]
+    assert (await http.get("/admin/teams", headers=auth(ADMIN_TOKEN))).status_code == 200
+
+
+async def test_admin_api_says_which_credential_it_wants(http: httpx.AsyncClient) -> None:
+    missing = await http.get("/admin/teams")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["message"] == (
+        "The admin API needs 'Authorization: Bearer <admin token>'."
+    )
+    team_key = await http.get("/admin/teams", headers=auth(DEV_KEY))
+    assert team_key.status_code == 403
+    assert team_key.json()["error"] == {
+        "message": "This credential may not use the admin API.",
+        "type": "permission_error",
+        "param": None,
+        "code": "admin_token_required",
+    }
     assert (await http.get("/admin/teams", headers=auth(ADMIN_TOKEN))).status_code == 200

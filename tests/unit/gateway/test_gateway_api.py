@@ -15,11 +15,23 @@ from llmplat.gateway.app import create_app
 from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, auth
 
 
-async def test_models_lists_configured_models(client: openai.AsyncOpenAI) -> None:
+async def test_models_lists_configured_models(client: openai.AsyncOpenAI, http, gateway) -> None:
     models = await client.models.list()
     assert sorted(m.id for m in models.data) == sorted([MODEL, PLAIN_MODEL])
-    one = await client.models.retrieve(MODEL)
-    assert one.id == MODEL
+    one = (await http.get(f"/v1/models/{MODEL}", headers=auth(DEV_KEY))).json()
+    configured = gateway.state.gateway.model(MODEL)
+    assert one == {
+        "id": MODEL,
+        "object": "model",
+        "created": configured.created,
+        "owned_by": "llmplat",
+        "max_model_len": configured.max_model_len,
+    }
+    assert configured.max_model_len > 0 and configured.created > 1_700_000_000
+    assert [m.model_dump(exclude_none=True) for m in models.data if m.id == MODEL] == [one]
+    with pytest.raises(openai.NotFoundError) as exc:
+        await client.models.retrieve("nope")
+    assert exc.value.body["code"] == "model_not_found"
 
 
 async def test_chat_completion_returns_engine_text_and_usage(client, records) -> None:
