@@ -61,7 +61,9 @@ def mistral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _vllm_mistral_count(model_dir: Path, messages: list[dict[str, Any]], tools: Any) -> int:
+def _vllm_mistral_count(
+    model_dir: Path, messages: list[dict[str, Any]], tools: Any, *, continue_final: bool = False
+) -> int:
     from vllm.tokenizers.mistral import MistralTokenizer
 
     tok = MistralTokenizer.from_pretrained(str(model_dir))
@@ -71,7 +73,14 @@ def _vllm_mistral_count(model_dir: Path, messages: list[dict[str, Any]], tools: 
             call["id"] = call["id"][-9:]
         if "tool_call_id" in m:
             m["tool_call_id"] = m["tool_call_id"][-9:]
-    return len(tok.apply_chat_template(shortened, tools=tools, add_generation_prompt=True))
+    return len(
+        tok.apply_chat_template(
+            shortened,
+            tools=tools,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,6 +107,19 @@ def test_mistral_count_matches_vllms_renderer(
     counter = PromptCounter(mistral_dir)
     counted = counter.measure(_chat(messages, tools=tools)).tokens
     assert counted == _vllm_mistral_count(mistral_dir, messages, tools)
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS], ids=["plain", "tools"])
+def test_mistral_count_of_a_continued_assistant_message(mistral_dir: Path, tools: Any) -> None:
+    """``continue_final_message``: the last (assistant) message is a prefix to complete."""
+    messages = [
+        {"role": "user", "content": "Write a haiku about rain."},
+        {"role": "assistant", "content": "Soft rain on the roof"},
+    ]
+    counted = PromptCounter(mistral_dir).measure(
+        _chat(messages, tools=tools, continue_final_message=True, add_generation_prompt=False)
+    ).tokens
+    assert counted == _vllm_mistral_count(mistral_dir, messages, tools, continue_final=True)
 
 
 def test_mistral_tools_are_reserved(mistral_dir: Path) -> None:
