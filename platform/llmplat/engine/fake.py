@@ -9,8 +9,9 @@ Test hooks, driven by the prompt text so a test needs no mock of its own:
 ``FAKE_FAIL_BEFORE`` makes the engine raise before the first token, ``FAKE_FAIL_MID_STREAM``
 after two tokens (an engine dying mid-request), ``FAKE_ERROR_EVENT`` ends a stream after
 two tokens with vLLM's in-band error event (``data: {"error": …}`` then ``[DONE]``, what
-vLLM's server sends when generation fails mid-stream), ``FAKE_HANG`` never answers (until the call
-is cancelled), ``FAKE_REPLICA_GONE_ONCE`` fails the first call of that prompt as a replica
+vLLM's server sends when generation fails mid-stream), ``FAKE_CUT_SHORT`` ends a stream after
+two tokens without ``[DONE]`` (a call that returns early), ``FAKE_HANG`` never answers (until
+the call is cancelled), ``FAKE_REPLICA_GONE_ONCE`` fails the first call of that prompt as a replica
 that went away before answering (:class:`FakeReplicaGone`) and answers the next. ``n``
 choices and batches of prompts are numbered as vLLM numbers them, with vLLM's per-choice
 continuous usage.
@@ -41,6 +42,7 @@ from llmplat.engine.protocol import (
 FAIL_BEFORE = "FAKE_FAIL_BEFORE"
 FAIL_MID_STREAM = "FAKE_FAIL_MID_STREAM"
 ERROR_EVENT = "FAKE_ERROR_EVENT"
+CUT_SHORT = "FAKE_CUT_SHORT"
 HANG = "FAKE_HANG"
 REPLICA_GONE_ONCE = "FAKE_REPLICA_GONE_ONCE"
 FAKE_OPTIONS_KEY = "llmplat_fake_engine"
@@ -241,6 +243,8 @@ class FakeEngine(LLMEngine):
                 error = {"message": "generation failed", "type": "InternalServerError"}
                 yield f"data: {json.dumps({'error': {**error, 'param': None, 'code': 500}})}\n\n"
                 yield "data: [DONE]\n\n"
+                return
+            if i == 2 and CUT_SHORT in texts:
                 return
             await asyncio.sleep(self.token_delay_s)
             for index, choice_words in enumerate(words):

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, HANG
+from llmplat.engine.fake import CUT_SHORT, FAIL_BEFORE, FAIL_MID_STREAM, HANG
 from llmplat.gateway.state import GatewayState, RequestRecord
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.redis_store import RedisQuotaStore
@@ -214,9 +214,46 @@ async def test_engine_error_before_and_after_first_chunk(gateway, state, records
     after = await _run(gateway, _body(f"x {FAIL_MID_STREAM}", stream=True))
     await check_invariants(state, records, 2)
     assert before.status == 502 and records[0].status == 502
-    assert after.status == 200 and '"error"' in after.text and records[1].status == 502
+    assert json.loads(before.text)["error"] == {
+        "message": "The model failed before answering; retry the request.",
+        "type": "server_error",
+        "param": None,
+        "code": "engine_error",
+    }
+    assert after.status == 200 and records[1].status == 502
+    events = [e for e in after.text.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[-2][6:])["error"] == {
+        "message": "The model failed while generating this response; retry the request.",
+        "type": "server_error",
+        "param": None,
+        "code": "engine_error",
+    }
+    assert records[1].error == "FakeEngineError: engine failed mid-stream"
+    assert [r.error_code for r in records] == ["engine_error", "engine_error"]
     assert records[0].usage.completion_tokens == 0 and records[0].usage.prompt_tokens > 0
     assert records[1].usage.completion_tokens == 2
+
+
+async def test_a_stream_the_engine_ends_early_is_an_error_not_a_success(
+    gateway, state, records, engine
+) -> None:
+    """The engine's call returns after two tokens without finishing the stream ([DONE]):
+    the client is told, the record says so, the two tokens are billed."""
+    client = await _run(gateway, _body(f"x {CUT_SHORT}", stream=True, max_tokens=8))
+    await check_invariants(state, records, 1)
+    events = [e for e in client.text.split("\n\n") if e.startswith("data: ")]
+    assert json.loads(events[-2][6:])["error"] == {
+        "message": "the engine ended the stream without finishing it",
+        "type": "server_error",
+        "param": None,
+        "code": "engine_error",
+    }
+    assert events[-1] == "data: [DONE]"
+    (record,) = records
+    assert (record.status, record.error_code) == (502, "engine_error")
+    assert record.error == "the engine ended the stream without finishing it"
+    assert record.usage.completion_tokens == 2
 
 
 async def test_timeout_before_first_token_is_504_and_cancels_engine(
@@ -226,7 +263,12 @@ async def test_timeout_before_first_token_is_504_and_cancels_engine(
     client = await _run(gateway, _body(f"wait {HANG}"))
     await check_invariants(state, records, 1)
     assert client.status == 504
-    assert json.loads(client.text)["error"]["code"] == "timeout"
+    assert json.loads(client.text)["error"] == {
+        "message": "The model did not answer in time.",
+        "type": "server_error",
+        "param": None,
+        "code": "timeout",
+    }
     assert records[0].status == 504 and engine.cancelled == 1
     assert records[0].usage.prompt_tokens > 0 and records[0].usage.completion_tokens == 0
 
@@ -243,8 +285,15 @@ async def test_stream_over_the_timeout_ends_with_timeout_event(
     assert client.status == 200, client.text
     events = [e for e in client.text.split("\n\n") if e.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    assert json.loads(events[-2][6:])["error"]["code"] == "timeout"
+    assert json.loads(events[-2][6:])["error"] == {
+        "message": "The request took longer than this server allows and was stopped; the "
+        "tokens generated so far are billed.",
+        "type": "server_error",
+        "param": None,
+        "code": "timeout",
+    }
     assert records[0].status == 504 and records[0].error_code == "timeout"
+    assert records[0].error == "request timeout"
     assert 3 < records[0].usage.completion_tokens < 240
     assert engine.cancelled == 1
 
