@@ -183,6 +183,11 @@ class KubeEmulator(k8s.KubernetesEmulator):
     ) -> None:
         """Answer every request in ``namespace`` with an error Status (e.g. missing RBAC).
         Like kmock's reactions, it does not stop the emulator from storing a write."""
+        self.fail(kmock.namespace(namespace), status, message)
+
+    def fail(self, criteria: Any, status: int = 403, message: str = "access denied") -> None:
+        """Answer requests matching kmock ``criteria`` (e.g. ``"delete /api/v1/…"``) with an
+        error Status."""
         status_body = {
             "kind": "Status",
             "apiVersion": "v1",
@@ -192,7 +197,7 @@ class KubeEmulator(k8s.KubernetesEmulator):
             "reason": "Forbidden" if status == 403 else "Failure",
             "code": status,
         }
-        self[kmock.namespace(namespace)] << status << status_body
+        self[criteria] << status << status_body
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None and request.name is None and request.method == "POST":
@@ -350,6 +355,9 @@ class EmulatorHandle:
 
     def fail_namespace(self, namespace: str, status: int = 403, message: str = "denied") -> None:
         self.call(lambda: self.emulator.fail_namespace(namespace, status, message))
+
+    def fail(self, criteria: Any, status: int = 403, message: str = "denied") -> None:
+        self.call(lambda: self.emulator.fail(criteria, status, message))
 
     def objects(self, namespace: str) -> dict[str, dict[str, Any]]:
         """Name → raw object of every live Secret in ``namespace`` (as stored)."""

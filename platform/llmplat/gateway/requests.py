@@ -87,8 +87,7 @@ def requested_model(body: dict[str, Any]) -> str:
 
 def _validation_error(exc: ValidationError) -> InvalidRequest:
     first = exc.errors()[0]
-    loc = [str(p) for p in first["loc"] if p not in ("body",)]
-    param = ".".join(loc) or None
+    param = ".".join(str(p) for p in first["loc"]) or None
     msg = first["msg"].removeprefix("Value error, ")
     where = f"'{param}': " if param else ""
     extra = f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""

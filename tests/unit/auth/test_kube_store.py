@@ -189,6 +189,19 @@ def test_delete_team_deletes_its_keys(kube: EmulatorHandle, store: KubernetesKey
         store.delete_team("ide")
 
 
+def test_delete_team_says_what_could_not_be_deleted(
+    kube: EmulatorHandle, store: KubernetesKeyStore
+) -> None:
+    store.put_team(Team(name="ide"), create=True)
+    store.put_key(key_for("ide"), create=True)
+    kube.fail(f"delete /api/v1/namespaces/{NS}/secrets/llmplat-team-ide", 403, "no delete")
+    with pytest.raises(StoreError) as err:
+        store.delete_team("ide")
+    assert str(err.value).startswith(
+        f"deleting team 'ide' in namespace '{NS}': access denied (HTTP 403: no delete)."
+    )
+
+
 def test_load_ignores_other_secrets_and_namespaces(
     kube: EmulatorHandle, store: KubernetesKeyStore
 ) -> None:
