@@ -383,6 +383,12 @@ def test_in_a_pod_the_service_account_wins_over_a_kubeconfig(
     assert cfg.api_key == {"BearerToken": "bearer sa-t0ken"}
 
 
+def test_without_an_api_the_clients_default_configuration_is_used() -> None:
+    api = KubernetesKeyStore(NS).api
+    assert isinstance(api, client.CoreV1Api)
+    assert api.api_client.configuration.host == client.Configuration.get_default_copy().host
+
+
 def test_from_environment_without_any_config(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))

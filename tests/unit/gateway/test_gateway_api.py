@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+import re
 
 import httpx
 import openai
@@ -372,3 +374,23 @@ async def test_vllm_validation_errors_name_their_parameter(client) -> None:
         )
     assert exc.value.body["param"] == "tool_choice"
     assert "(parameter=" not in exc.value.body["message"]
+
+
+async def test_server_failures_get_a_log_line(http, records, caplog) -> None:
+    """The server log has one line per failed (5xx) request, what operators grep for; the
+    audit log has every request, so a 200 or a 4xx adds no log line."""
+    caplog.set_level(logging.INFO, logger="llmplat.gateway.state")
+    body = {"model": MODEL, "prompt": "a b", "max_tokens": 2}
+    await http.post("/v1/completions", json=body, headers=auth())
+    await http.post("/v1/completions", json={**body, "model": "nope"}, headers=auth())
+    failing = {**body, "prompt": f"a {FAIL_MID_STREAM}", "max_tokens": 4, "stream": True}
+    await http.post("/v1/completions", json=failing, headers=auth())
+    failed = records[-1]
+    logged = [m for m in caplog.messages if m.split(" ", 1)[0] in {r.request_id for r in records}]
+    assert len(logged) == 1 and failed.status == 502, logged
+    assert re.fullmatch(
+        rf"{failed.request_id} completions stream team=dev model={MODEL} status=502 "
+        r"prompt=2 completion=2 latency_ms=\d+\.\d "
+        r"error='FakeEngineError: engine failed mid-stream'",
+        logged[0],
+    ), logged[0]
