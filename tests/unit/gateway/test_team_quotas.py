@@ -204,8 +204,16 @@ async def test_tokens_reserved_at_admission_settle_to_usage(http, make_key, cloc
     key = await make_key(limits={"tokens_per_minute": 10_000, "tokens_per_day": 50_000})
     client = client_for(http, key)
     resp = await client.completions.create(model=MODEL, prompt="one two three", max_tokens=7)
+    clock.now += 0.12345  # 10.12345 s into the minute and 28,810.12345 s into the UTC day
     body = (await http.get("/v1/usage", headers=auth(key))).json()
     (team,) = body["usage"]
+    assert team["limits"] == {
+        "requests_per_minute": None,
+        "tokens_per_minute": 10_000,
+        "tokens_per_day": 50_000,
+        "concurrent_requests": None,
+    }
+    assert (team["minute_resets_in_s"], team["day_resets_in_s"]) == (49.877, 57_589.877)
     # The gateway bills what the engine reports (the fake counts words).
     assert team["tokens_this_minute"] == resp.usage.total_tokens == 3 + 7
     assert team["tokens_today"] == resp.usage.total_tokens
