@@ -261,21 +261,21 @@ async def _first_item(
     model = prepared.model
     backend = state.backends[model.model_id]
     request = prepared.parsed.request
-    hold_until: float | None = None
     report = state.scale.report(model.model_id)
+    hold_until: float | None = None
     if model.min_replicas == 0 and report is not None and report.running == 0:
         hold_until = state.clock() + model.scale_from_zero_wait_s
+    limit = life.deadline if hold_until is None else min(life.deadline, hold_until)
     call = life.forward(backend.call(method, request))
     retried = False
     while True:
         upstream = call.__aiter__()
-        limit = life.deadline if hold_until is None else min(life.deadline, hold_until)
         try:
             first = await asyncio.wait_for(upstream.__anext__(), max(limit - state.clock(), 0.0))
             return call, upstream, first
         except APIError:
             raise
-        except (StopAsyncIteration, TimeoutError, Exception) as exc:
+        except Exception as exc:  # StopAsyncIteration and TimeoutError included
             call.cancel()
             if not retried and not isinstance(exc, TimeoutError) and backend.replica_gone(exc):
                 retried = True
@@ -287,28 +287,35 @@ async def _first_item(
                 )
                 call = life.reforward(backend.call(method, request))
                 continue
-            log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
-            if (
-                isinstance(exc, TimeoutError)
-                and hold_until is not None
-                and hold_until < life.deadline
-            ):
-                life.engine_refused = True  # the engine never saw it: nothing to bill
-                state.metrics.model_starting(model.model_id)
-                retry_after = max(1, min(30, math.ceil(model.scale_from_zero_wait_s / 4)))
-                raise ServiceUnavailable(
-                    f"Model {model.model_id!r} was scaled to zero and is still starting; "
-                    f"retry in {retry_after} s.",
-                    code="model_starting",
-                    headers={"Retry-After": str(retry_after)},
-                ) from exc
-            if isinstance(exc, TimeoutError):
-                raise UpstreamError(
-                    "The model did not answer in time.", status=504, code="timeout"
-                ) from exc
-            raise UpstreamError(
-                "The model failed before answering; retry the request.", code="engine_error"
-            ) from exc
+            raise _no_first_item(state, life, model, exc, starting=limit < life.deadline) from exc
+
+
+def _no_first_item(
+    state: GatewayState,
+    life: RequestLifecycle,
+    model: GatewayModel,
+    exc: Exception,
+    *,
+    starting: bool,
+) -> APIError:
+    """The error for a call that failed before its first item; ``starting``: the wait was
+    cut short by a scale-from-zero hold (the model is still starting)."""
+    log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
+    if not isinstance(exc, TimeoutError):
+        return UpstreamError(
+            "The model failed before answering; retry the request.", code="engine_error"
+        )
+    if not starting:
+        return UpstreamError("The model did not answer in time.", status=504, code="timeout")
+    life.engine_refused = True  # the engine never saw it: nothing to bill
+    state.metrics.model_starting(model.model_id)
+    retry_after = max(1, min(30, math.ceil(model.scale_from_zero_wait_s / 4)))
+    return ServiceUnavailable(
+        f"Model {model.model_id!r} was scaled to zero and is still starting; "
+        f"retry in {retry_after} s.",
+        code="model_starting",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 async def _forward(

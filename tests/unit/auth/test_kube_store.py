@@ -240,8 +240,10 @@ def test_a_corrupt_secret_is_reported_by_name(
             "is not a valid llmplat team (no 'record.json' data)",
         ),
         (
-            {**raw_secret("llmplat-team-a", {**OURS, "llmplat.io/kind": "team"}, None),
-             "data": {"record.json": "not base64!"}},
+            {
+                **raw_secret("llmplat-team-a", {**OURS, "llmplat.io/kind": "team"}, None),
+                "data": {"record.json": "not base64!"},
+            },
             "is not a valid llmplat team (not a valid Team record)",
         ),
         (
@@ -292,9 +294,7 @@ def test_secrets_of_ours_in_name_or_label_only_are_not_records(selectors: bool) 
             raw_secret("llmplat-team-z", {**OURS, "llmplat.io/kind": "retired"}, record("z")),
         ):
             kube.put_object(NS, raw)
-        assert KubernetesKeyStore(NS, kube.core_v1()).load() == Registry(
-            teams={"x": teams["x"]}
-        )
+        assert KubernetesKeyStore(NS, kube.core_v1()).load() == Registry(teams={"x": teams["x"]})
 
 
 def test_delete_team_with_a_server_ignoring_label_selectors() -> None:

@@ -116,9 +116,13 @@ def test_mistral_count_of_a_continued_assistant_message(mistral_dir: Path, tools
         {"role": "user", "content": "Write a haiku about rain."},
         {"role": "assistant", "content": "Soft rain on the roof"},
     ]
-    counted = PromptCounter(mistral_dir).measure(
-        _chat(messages, tools=tools, continue_final_message=True, add_generation_prompt=False)
-    ).tokens
+    counted = (
+        PromptCounter(mistral_dir)
+        .measure(
+            _chat(messages, tools=tools, continue_final_message=True, add_generation_prompt=False)
+        )
+        .tokens
+    )
     assert counted == _vllm_mistral_count(mistral_dir, messages, tools, continue_final=True)
 
 
