@@ -9,7 +9,8 @@ Test hooks, driven by the prompt text so a test needs no mock of its own:
 ``FAKE_FAIL_BEFORE`` makes the engine raise before the first token, ``FAKE_FAIL_MID_STREAM``
 after two tokens (an engine dying mid-request), ``FAKE_ERROR_EVENT`` ends a stream after
 two tokens with vLLM's in-band error event (``data: {"error": …}`` then ``[DONE]``, what
-vLLM's server sends when generation fails mid-stream), ``FAKE_CUT_SHORT`` ends a stream after
+vLLM's server sends when generation fails mid-stream), ``FAKE_ERROR_OBJECT`` yields an
+``ErrorResponse`` object after two tokens instead (LLMServer's stream type allows both), ``FAKE_CUT_SHORT`` ends a stream after
 two tokens without ``[DONE]`` (a call that returns early), ``FAKE_HANG`` never answers (until
 the call is cancelled), ``FAKE_REPLICA_GONE_ONCE`` fails the first call of that prompt as a replica
 that went away before answering (:class:`FakeReplicaGone`) and answers the next. ``n``
@@ -43,6 +44,7 @@ FAIL_BEFORE = "FAKE_FAIL_BEFORE"
 FAIL_MID_STREAM = "FAKE_FAIL_MID_STREAM"
 ERROR_EVENT = "FAKE_ERROR_EVENT"
 CUT_SHORT = "FAKE_CUT_SHORT"
+ERROR_OBJECT = "FAKE_ERROR_OBJECT"
 HANG = "FAKE_HANG"
 REPLICA_GONE_ONCE = "FAKE_REPLICA_GONE_ONCE"
 FAKE_OPTIONS_KEY = "llmplat_fake_engine"
@@ -245,6 +247,9 @@ class FakeEngine(LLMEngine):
                 yield "data: [DONE]\n\n"
                 return
             if i == 2 and CUT_SHORT in texts:
+                return
+            if i == 2 and ERROR_OBJECT in texts:
+                yield self._error("generation failed", 500)
                 return
             await asyncio.sleep(self.token_delay_s)
             for index, choice_words in enumerate(words):

@@ -101,10 +101,12 @@ _TYPE_BY_STATUS: dict[int, type[APIError]] = {
 
 
 def from_engine_error(message: str, status: int | None, param: str | None = None) -> APIError:
-    """Map an engine ``ErrorResponse`` (vLLM's status codes) onto our error classes."""
+    """Map an engine ``ErrorResponse`` (vLLM's status codes) onto our error classes; the
+    engine's own failures (5xx) get code ``engine_error``, as every other engine failure."""
     status = status if isinstance(status, int) and 400 <= status < 600 else 500
     cls = _TYPE_BY_STATUS.get(status, UpstreamError if status >= 500 else InvalidRequest)
-    return cls(message, param=param, status=status)
+    code = "engine_error" if status >= 500 else None
+    return cls(message, param=param, status=status, code=code)
 
 
 def error_response(err: APIError) -> JSONResponse:

@@ -34,3 +34,4 @@ def test_engine_status_is_kept_when_it_is_an_error_status(
     err = from_engine_error("the engine said no", status, param="n")
     assert isinstance(err, cls)
     assert (err.status, err.message, err.param) == (expected, "the engine said no", "n")
+    assert err.code == ("engine_error" if expected >= 500 else None)

@@ -12,7 +12,13 @@ import httpx
 import openai
 import pytest
 
-from llmplat.engine.fake import ERROR_EVENT, FAIL_BEFORE, FAIL_MID_STREAM, fake_tokens
+from llmplat.engine.fake import (
+    ERROR_EVENT,
+    ERROR_OBJECT,
+    FAIL_BEFORE,
+    FAIL_MID_STREAM,
+    fake_tokens,
+)
 from llmplat.gateway.app import create_app
 from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, auth
 
@@ -256,6 +262,23 @@ async def test_engine_error_event_mid_stream_is_relayed_recorded_and_billed(http
     record = records[-1]
     assert (record.status, record.error) == (502, "generation failed")
     assert record.usage.completion_tokens == 2
+
+
+async def test_engine_error_object_mid_stream_ends_the_stream_once(http, records) -> None:
+    body = {"model": MODEL, "prompt": f"go {ERROR_OBJECT}", "max_tokens": 6, "stream": True}
+    r = await http.post("/v1/completions", json=body, headers=auth())
+    events = [ln.removeprefix("data: ") for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert [json.loads(e)["error"] for e in events if e.startswith('{"error"')] == [
+        {
+            "message": "generation failed",
+            "type": "server_error",
+            "param": None,
+            "code": "engine_error",
+        }
+    ]
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    assert (records[-1].status, records[-1].error) == (502, "generation failed")
+    assert records[-1].usage.completion_tokens == 2
 
 
 async def test_openai_client_raises_on_mid_stream_error(client) -> None:
