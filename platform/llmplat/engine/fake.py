@@ -10,10 +10,11 @@ Test hooks, driven by the prompt text so a test needs no mock of its own:
 after two tokens (an engine dying mid-request), ``FAKE_ERROR_EVENT`` ends a stream after
 two tokens with vLLM's in-band error event (``data: {"error": …}`` then ``[DONE]``, what
 vLLM's server sends when generation fails mid-stream), ``FAKE_ERROR_OBJECT`` yields an
-``ErrorResponse`` object after two tokens instead (LLMServer's stream type allows both), ``FAKE_CUT_SHORT`` ends a stream after
-two tokens without ``[DONE]`` (a call that returns early), ``FAKE_HANG`` never answers (until
-the call is cancelled), ``FAKE_REPLICA_GONE_ONCE`` fails the first call of that prompt as a replica
-that went away before answering (:class:`FakeReplicaGone`) and answers the next. ``n``
+``ErrorResponse`` object after two tokens instead (LLMServer's stream type allows both),
+``FAKE_CUT_SHORT`` ends a stream after two tokens without ``[DONE]`` (a call that returns
+early), ``FAKE_HANG`` never answers (until the call is cancelled), ``FAKE_REPLICA_GONE_ONCE``
+fails the first call of that prompt as a replica that went away before answering
+(:class:`FakeReplicaGone`) and answers the next. ``n``
 choices and batches of prompts are numbered as vLLM numbers them, with vLLM's per-choice
 continuous usage.
 """
