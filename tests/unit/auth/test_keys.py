@@ -29,6 +29,11 @@ def test_malformed_keys_do_not_parse(token: str) -> None:
     assert parse_key(token) is None
 
 
+def test_secrets_need_sixteen_characters() -> None:
+    assert parse_key("llmp_abc1_" + "s" * 16) == ("abc1", "s" * 16)
+    assert parse_key("llmp_abc1_" + "s" * 15) is None
+
+
 def test_secret_matches_is_false_for_unknown_keys() -> None:
     assert not secret_matches("x" * 43, None)
     assert secret_matches("x" * 43, hash_secret("x" * 43))
@@ -87,6 +92,10 @@ async def test_a_stale_remote_view_fails_closed(tmp_path) -> None:
     with pytest.raises(ServiceUnavailable) as refused:
         await auth.authenticate(f"Bearer {key}")
     assert refused.value.status == 503 and refused.value.code == "key_store_stale"
-    assert "61 s" in refused.value.message
+    assert refused.value.message == (
+        "API keys cannot be checked: the key store has not been reachable for 61 s. "
+        "Retry shortly; operators: see the gateway log."
+    )
+    assert refused.value.headers == {"retry-after": "5"}
     store.confirmed_at = 110.0  # the watch is back
     assert (await auth.authenticate(f"Bearer {key}")).team

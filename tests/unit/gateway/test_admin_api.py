@@ -112,6 +112,15 @@ async def test_bad_team_bodies_are_400_naming_the_field(http, body, fragment) ->
     assert fragment in r.json()["error"]["message"]
 
 
+async def test_creation_time_is_the_servers_not_the_clients(http) -> None:
+    before = datetime.now(UTC)
+    body = {"name": "backdated", "created_at": "2000-01-01T00:00:00Z"}
+    r = await http.post("/admin/teams", json=body, headers=ADMIN)
+    assert r.status_code in (200, 201), r.text
+    created = datetime.fromisoformat(r.json()["created_at"])
+    assert before <= created <= datetime.now(UTC)
+
+
 async def test_admin_needs_the_admin_token(http) -> None:
     assert (await http.get("/admin/teams")).status_code == 401
     assert (await http.get("/admin/teams", headers=auth("wrong"))).status_code == 403

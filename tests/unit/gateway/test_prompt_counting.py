@@ -134,6 +134,29 @@ def test_mistral_tools_are_reserved(mistral_dir: Path) -> None:
     assert with_tools > without + 30  # the schema is rendered into the prompt
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_a_text_too_long_for_the_limit_is_not_tokenized(mistral_dir: Path, endpoint: str) -> None:
+    """Up to ``limit`` × the longest token's characters a text may still fit: it is counted;
+    one character more cannot fit whatever its tokens: it counts as ``limit``, untokenized."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    raw = MistralTokenizer.from_file(str(V3_TOKENIZER)).instruct_tokenizer.tokenizer
+    longest = max(len(raw.id_to_piece(i)) for i in range(raw.n_words))
+    counter, limit = PromptCounter(mistral_dir), 10
+
+    def measure(text: str) -> int:
+        if endpoint == "chat":
+            request = _chat([{"role": "user", "content": text}])
+        else:
+            request = CompletionRequest.model_validate({"model": MODEL, "prompt": text})
+        return counter.measure(request, limit=limit).tokens
+
+    at_bound = "ab" * (limit * longest // 2)
+    assert len(at_bound) == limit * longest
+    assert limit < measure(at_bound) < len(at_bound)  # really tokenized: over the limit
+    assert measure(at_bound + "a") == limit
+
+
 HF_TEMPLATE = (
     "{% if tools %}[TOOLS]{{ tools | tojson }}[/TOOLS]{% endif %}"
     "{% if documents %}[DOCS]{% for d in documents %}{{ d.title }}: {{ d.text }} "
