@@ -209,8 +209,13 @@ async def test_cancellation_at_every_step_leaves_nothing_behind(
     assert steps > 3  # the loop really walked through the pipeline's awaits
 
 
-async def test_engine_error_before_and_after_first_chunk(gateway, state, records, engine) -> None:
+async def test_engine_error_before_and_after_first_chunk(
+    gateway, state, records, engine, caplog
+) -> None:
     before = await _run(gateway, _body(FAIL_BEFORE))
+    assert (
+        "upstream failure before first chunk: FakeEngineError: engine failed before the first token"
+    ) in caplog.messages
     after = await _run(gateway, _body(f"x {FAIL_MID_STREAM}", stream=True))
     await check_invariants(state, records, 2)
     assert before.status == 502 and records[0].status == 502
