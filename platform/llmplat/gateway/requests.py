@@ -85,9 +85,26 @@ def requested_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequest:
+def _param(loc: tuple[int | str, ...], body: Any) -> str | None:
+    """The field an error is about: pydantic's location, cut where it leaves the client's
+    input (what follows names union members, e.g. ``prompt.list[constrained-int]``)."""
+    path: list[str] = []
+    node = body
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and isinstance(part, str) and (part in node or i == len(loc) - 1):
+            path.append(part)  # a field given, or missing (the last part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(str(part))
+            node = node[part]
+        else:
+            break
+    return ".".join(path) or None
+
+
+def _validation_error(exc: ValidationError, body: Any) -> InvalidRequest:
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    param = _param(first["loc"], body)
     msg = first["msg"].removeprefix("Value error, ")
     where = f"'{param}': " if param else ""
     extra = f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
@@ -126,7 +143,7 @@ def _validate_model(cls: type[M], body: dict[str, Any]) -> M:
     try:
         return cls.model_validate(body)
     except ValidationError as exc:
-        raise _validation_error(exc) from exc
+        raise _validation_error(exc, body) from exc
     except RecursionError:
         raise InvalidRequest("A field of your request is nested too deeply.") from None
     except (VLLMClientError, ValueError, TypeError, AttributeError, KeyError) as exc:

@@ -121,6 +121,10 @@ async def test_fim_rejected_for_model_without_fim_tokens(client) -> None:
         await client.completions.create(model=PLAIN_MODEL, prompt="a", suffix="b", max_tokens=2)
     assert exc.value.body["code"] == "fim_not_supported"
     assert exc.value.body["param"] == "suffix"
+    assert exc.value.body["message"] == (
+        f"Model '{PLAIN_MODEL}' does not support fill-in-the-middle: its tokenizer has no "
+        "[SUFFIX]/[PREFIX] control tokens. Send the request without 'suffix'."
+    )
 
 
 TOOL = {
@@ -179,6 +183,20 @@ async def test_unknown_model_is_404_model_not_found(client) -> None:
         (json.dumps({"model": MODEL, "messages": "hi"}).encode(), "messages"),
         (json.dumps({"model": MODEL, "messages": 5}).encode(), "messages"),
         (json.dumps({"model": MODEL, "messages": [5]}).encode(), "messages"),
+        (  # a field missing inside a list item
+            json.dumps(
+                {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "x"}],
+                    "tools": [{"type": "function"}],
+                }
+            ).encode(),
+            "tools.0.function",
+        ),
+        (  # the message types are a union: the param stops at the message, not a union member
+            json.dumps({"model": MODEL, "messages": [{"role": "user", "content": 7}]}).encode(),
+            "messages.0",
+        ),
         (json.dumps({"model": MODEL, "messages": []}).encode(), "messages"),
         (
             json.dumps(
@@ -208,8 +226,7 @@ async def test_bad_bodies_are_openai_shaped_400(http, body: bytes, param: str | 
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error"
     assert err["message"]
-    if param:
-        assert err["param"] is not None and err["param"].startswith(param)
+    assert err["param"] == param, err
 
 
 async def test_prompt_longer_than_context_is_400_from_engine(client) -> None:
@@ -306,26 +323,34 @@ async def test_unknown_route_is_openai_shaped_404(http) -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "param"),
     [
-        {"model": MODEL, "prompt": 5},
-        {"model": MODEL, "prompt": "x", "max_tokens": -1},
-        {"model": MODEL, "prompt": "x", "temperature": "hot"},
-        {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}},
-        {"model": MODEL, "prompt": "x", "stream": True, "stream_options": 3},
-        {"model": MODEL, "prompt": "x", "suffix": 7},
-        {"model": MODEL, "prompt": ["a", "b"], "suffix": "s"},
-        {"model": MODEL, "prompt": "x", "suffix": "s", "echo": True},
-        {"model": 12, "prompt": "x"},
+        ({"model": MODEL, "prompt": 5}, "prompt"),
+        ({"model": MODEL, "prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"model": MODEL, "prompt": "x", "temperature": "hot"}, "temperature"),
+        (
+            {"model": MODEL, "prompt": "x", "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+        ({"model": MODEL, "prompt": "x", "stream": True, "stream_options": 3}, "stream_options"),
+        ({"model": MODEL, "prompt": "x", "suffix": 7}, "suffix"),
+        ({"model": MODEL, "prompt": ["a", "b"], "suffix": "s"}, "prompt"),
+        ({"model": MODEL, "prompt": "x", "suffix": "s", "echo": True}, "echo"),
+        ({"model": 12, "prompt": "x"}, "model"),
     ],
 )
-async def test_bad_completion_bodies_are_400(http, body) -> None:
+async def test_bad_completion_bodies_are_400_naming_the_field(http, body, param) -> None:
     r = await http.post("/v1/completions", json=body, headers=auth())
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
-    if body.get("echo"):
-        assert error["param"] == "echo" and "cannot be combined with 'suffix'" in error["message"]
+    assert error["param"] == param, error
+    if param == "echo":
+        assert error["message"] == "'echo' cannot be combined with 'suffix'."
+    if body.get("suffix") == "s" and param == "prompt":
+        assert error["message"] == (
+            "With 'suffix', 'prompt' must be one string (the code before the cursor)."
+        )
 
 
 async def test_a_bad_field_is_named_and_further_problems_counted(http) -> None:

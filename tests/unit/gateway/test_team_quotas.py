@@ -207,6 +207,7 @@ async def test_tokens_reserved_at_admission_settle_to_usage(http, make_key, cloc
     clock.now += 0.12345  # 10.12345 s into the minute and 28,810.12345 s into the UTC day
     body = (await http.get("/v1/usage", headers=auth(key))).json()
     (team,) = body["usage"]
+    assert team["scope"] == "team:ci"
     assert team["limits"] == {
         "requests_per_minute": None,
         "tokens_per_minute": 10_000,
