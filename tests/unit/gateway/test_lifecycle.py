@@ -235,6 +235,7 @@ async def test_engine_error_before_and_after_first_chunk(
         "code": "engine_error",
     }
     assert records[1].error == "FakeEngineError: engine failed mid-stream"
+    assert "stream failed after it started" in caplog.messages  # with its traceback
     assert [r.error_code for r in records] == ["engine_error", "engine_error"]
     assert records[0].usage.completion_tokens == 0 and records[0].usage.prompt_tokens > 0
     assert records[1].usage.completion_tokens == 2
