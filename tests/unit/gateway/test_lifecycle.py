@@ -10,6 +10,7 @@ right status, and no engine call left open (abandoned ones cancelled).
 from __future__ import annotations
 
 import asyncio
+import time
 import dataclasses
 import json
 import uuid
@@ -207,6 +208,16 @@ async def test_cancellation_at_every_step_leaves_nothing_behind(
         steps += 1
         assert steps < 500, "the request never completed"
     assert steps > 3  # the loop really walked through the pipeline's awaits
+
+
+async def test_shutdown_drain_is_bounded(state) -> None:
+    """Work that never ends (a quota store that hangs) cannot hold a shutdown forever."""
+    stuck = state.spawn(asyncio.Event().wait())
+    started = time.monotonic()
+    await state.drain(timeout_s=0.3)
+    assert 0.29 <= time.monotonic() - started < 2.0
+    assert not stuck.done()
+    stuck.cancel()
 
 
 async def test_engine_error_before_and_after_first_chunk(

@@ -172,7 +172,7 @@ async def test_a_running_model_is_not_held(scaled, kv) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_replica_gone_before_answering_is_retried_once(scaled, stream) -> None:
+async def test_a_replica_gone_before_answering_is_retried_once(scaled, stream, caplog) -> None:
     state, http, records = scaled
     engine = state.backends[MODEL].engine
     prompt = f"retry me {REPLICA_GONE_ONCE} {stream}"
@@ -185,6 +185,10 @@ async def test_a_replica_gone_before_answering_is_retried_once(scaled, stream) -
     assert records[0].status == 200 and records[0].usage is not None
     text = generate_latest(state.metrics.registry).decode()
     assert f'llmplat_upstream_retries_total{{model="{MODEL}"}} 1.0' in text
+    assert (
+        f"request {records[0].request_id}: the replica went away before answering "
+        "(FakeReplicaGone); sending it again"
+    ) in caplog.messages
 
 
 async def test_an_engine_failure_is_not_retried(scaled) -> None:
