@@ -10,9 +10,9 @@ right status, and no engine call left open (abandoned ones cancelled).
 from __future__ import annotations
 
 import asyncio
-import time
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
