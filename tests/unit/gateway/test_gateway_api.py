@@ -229,10 +229,29 @@ async def test_bad_bodies_are_openai_shaped_400(http, body: bytes, param: str | 
     assert err["param"] == param, err
 
 
-async def test_prompt_longer_than_context_is_400_from_engine(client) -> None:
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_prompt_longer_than_context_is_400_before_the_engine(
+    client, gateway, endpoint: str
+) -> None:
+    engine = gateway.state.gateway.backends[MODEL].engine
+    calls = len(engine.request_ids)
     with pytest.raises(openai.BadRequestError) as exc:
-        await client.completions.create(model=MODEL, prompt="w " * 300, max_tokens=1)
-    assert "maximum context length" in exc.value.message
+        if endpoint == "chat":
+            messages = [{"role": "user", "content": "w " * 300}]
+            await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+        else:
+            await client.completions.create(model=MODEL, prompt="w " * 300, max_tokens=1)
+    body = exc.value.body
+    assert (body["code"], body["param"]) == (
+        "context_length_exceeded",
+        "messages" if endpoint == "chat" else "prompt",
+    )
+    assert re.fullmatch(
+        r"This model's maximum context length is 256 tokens, but the prompt has \d{3} "
+        r"tokens\. Shorten the prompt\.",
+        body["message"],
+    ), body["message"]
+    assert len(engine.request_ids) == calls  # refused by the gateway: the engine never saw it
 
 
 async def test_body_over_limit_is_413(http) -> None:
