@@ -302,9 +302,7 @@ def _no_first_item(
     cut short by a scale-from-zero hold (the model is still starting)."""
     log.warning("upstream failure before first chunk: %s: %s", type(exc).__name__, exc)
     if not isinstance(exc, TimeoutError):
-        return UpstreamError(
-            "The model failed before answering; retry the request.", code="engine_error"
-        )
+        return UpstreamError("The model failed before answering; retry the request.")
     if not starting:
         return UpstreamError("The model did not answer in time.", status=504, code="timeout")
     life.engine_refused = True  # the engine never saw it: nothing to bill

@@ -83,10 +83,13 @@ class ServiceUnavailable(APIError):
 
 
 class UpstreamError(APIError):
-    """The engine failed; the request may be retried."""
+    """The engine failed; the request may be retried. Code ``engine_error`` unless given."""
 
     status = 502
     type = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = "engine_error", **kwargs: Any) -> None:
+        super().__init__(message, code=code, **kwargs)
 
 
 _TYPE_BY_STATUS: dict[int, type[APIError]] = {

@@ -128,7 +128,7 @@ async def relay_stream(
         call.completed = True
         if not sent_done:
             outcome.error = "the engine ended the stream without finishing it"
-            yield sse_error_event(UpstreamError(outcome.error, code="engine_error"))
+            yield sse_error_event(UpstreamError(outcome.error))
         if outcome.error is None:
             outcome.status = 200
         else:
@@ -150,10 +150,7 @@ async def relay_stream(
         outcome.status, outcome.error_code = 502, "engine_error"
         call.cancel()
         yield sse_error_event(
-            UpstreamError(
-                "The model failed while generating this response; retry the request.",
-                code="engine_error",
-            )
+            UpstreamError("The model failed while generating this response; retry the request.")
         )
     finally:
         if outcome.status is None:
