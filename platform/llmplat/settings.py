@@ -168,9 +168,16 @@ class CpuEngineSettings(BaseModel):
     """vLLM-CPU knobs that depend on the host rather than the model."""
 
     omp_threads_bind: str = Field(
-        "auto", description="VLLM_CPU_OMP_THREADS_BIND: 'auto', 'all' or a core list like '0-1'."
+        "auto",
+        description="VLLM_CPU_OMP_THREADS_BIND: 'auto' (every core but the reserved ones), "
+        "'nobind' or a core list like '0-6'.",
     )
-    reserved_cpus: int = Field(0, ge=0, description="VLLM_CPU_NUM_OF_RESERVED_CPU.")
+    reserved_cpus: int = Field(
+        1,
+        ge=0,
+        description="VLLM_CPU_NUM_OF_RESERVED_CPU: cores 'auto' leaves to vLLM's scheduler "
+        "process and the rest of the platform (vLLM's minimum is 1).",
+    )
     autogroup_nice: int = Field(
         10,
         ge=0,

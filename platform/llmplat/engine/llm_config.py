@@ -10,7 +10,7 @@ from typing import Any
 from ray.serve.llm import LLMConfig
 
 from llmplat.config.profiles import BUILTIN_PREFIX, ModelProfile
-from llmplat.settings import Settings
+from llmplat.settings import CpuEngineSettings, Settings
 
 BUILTIN_MODELS = ("tiny-mixtral",)
 
@@ -88,14 +88,23 @@ def tool_kwargs(profile: ModelProfile) -> dict[str, Any]:
     return kwargs
 
 
+def omp_threads_bind(cpu: CpuEngineSettings, cores: int) -> str:
+    """The cores an engine's OpenMP threads are pinned to: 'auto' is every core but the
+    ``reserved_cpus`` last ones. vLLM's scheduler process runs beside those threads and
+    needs a core of its own (vLLM warns below one); without it, and whenever anything else
+    on the host takes a bound core, each step waits for the slowest thread (seen on 2 cores:
+    36 tok/s alone, 6 tok/s beside one busy process; 34 and 25 bound to one core)."""
+    if cpu.omp_threads_bind != "auto":
+        return cpu.omp_threads_bind
+    last = max(cores - cpu.reserved_cpus, 1) - 1
+    return "0" if last == 0 else f"0-{last}"
+
+
 def cpu_engine_env(profile: ModelProfile, settings: Settings) -> dict[str, str]:
     """Environment of a vLLM-CPU engine: thread binding, KV-cache size, offline caches."""
-    bind = settings.cpu.omp_threads_bind
-    if bind == "auto":
-        bind = f"0-{max((os.cpu_count() or 1) - 1, 0)}"
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(profile.accelerator.kv_cache_space_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": bind,
+        "VLLM_CPU_OMP_THREADS_BIND": omp_threads_bind(settings.cpu, os.cpu_count() or 1),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": str(settings.cpu.reserved_cpus),
     }
 

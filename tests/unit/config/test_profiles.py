@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 import yaml
 
 from llmplat.config.loader import ConfigError, load_platform, load_profile
-from llmplat.engine.llm_config import build_llm_config
-from llmplat.settings import Settings
+from llmplat.engine.llm_config import build_llm_config, omp_threads_bind
+from llmplat.settings import CpuEngineSettings, Settings
 
 PROFILES = sorted(p.stem for p in (Path(__file__).parents[3] / "configs" / "models").glob("*.yaml"))
 
@@ -62,11 +63,37 @@ def test_tiny_profile_is_cpu_with_thread_binding(settings: Settings) -> None:
     assert cfg.accelerator_config.kind == "cpu"
     env = cfg.runtime_env["env_vars"]
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
     assert cfg.deployment_config["ray_actor_options"]["num_cpus"] == 0
     assert cfg.engine_kwargs["max_model_len"] == 4096
     assert cfg.deployment_config["num_replicas"] == 1  # min == max: no autoscaling loop
     assert "autoscaling_config" not in cfg.deployment_config
+
+
+@pytest.mark.parametrize(
+    ("cores", "cpu", "bind"),
+    [
+        (2, CpuEngineSettings(), "0"),  # one core for the threads, one for everything else
+        (8, CpuEngineSettings(), "0-6"),
+        (1, CpuEngineSettings(), "0"),  # nothing left to reserve: still one core
+        (8, CpuEngineSettings(reserved_cpus=0), "0-7"),
+        (8, CpuEngineSettings(reserved_cpus=3), "0-4"),
+        (8, CpuEngineSettings(omp_threads_bind="nobind"), "nobind"),
+        (8, CpuEngineSettings(omp_threads_bind="2-5"), "2-5"),
+    ],
+)
+def test_auto_binding_leaves_the_reserved_cores_free(
+    cores: int, cpu: CpuEngineSettings, bind: str
+) -> None:
+    assert omp_threads_bind(cpu, cores) == bind
+
+
+def test_engine_env_binds_as_the_settings_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    settings = Settings(cpu=CpuEngineSettings(reserved_cpus=2))
+    profile = load_profile("tiny-mixtral-cpu", settings.config_dir)
+    env = build_llm_config(profile, settings, "/m").runtime_env["env_vars"]
+    assert (env["VLLM_CPU_OMP_THREADS_BIND"], env["VLLM_CPU_NUM_OF_RESERVED_CPU"]) == ("0-1", "2")
 
 
 def test_h100x8_is_tp8_expert_parallel_on_one_node(settings: Settings) -> None:
