@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
-.PHONY: serve test test-unit test-integration test-gpu test-k8s bench lint model venv clean system-deps mutation \
+.PHONY: serve test test-slow test-unit test-integration test-gpu test-k8s bench lint model venv clean system-deps mutation \
 	chart chart-files chart-values manifests
 
 venv: $(STAMP)
@@ -53,7 +53,13 @@ system-deps:
 	done
 
 test: $(STAMP) system-deps $(CHECKOV)
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -m "not slow" $(PYTEST_ARGS)
+
+# The scenarios that start vLLM engines again and again (tests/integration/test_autoscaling_e2e.py:
+# a flood to two replicas and back, scale to zero and back, Ctrl-C and restart): ~11 minutes
+# on 2 cores, so kept out of `make test`; CI runs both (.ci/run).
+test-slow: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q --durations=15 -m slow $(PYTEST_ARGS)
 
 test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)

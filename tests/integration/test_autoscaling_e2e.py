@@ -1,13 +1,19 @@
-"""Autoscaling on the real platform: `llmplat serve --config configs/autoscale.yaml`.
+"""Autoscaling on the real platform, run as the chart runs it:
+`llmplat serve --config configs/autoscale.yaml` behind Ray Serve's proxy
+(``LLMPLAT_GATEWAY__DIRECT_INGRESS=false``), two gateway replicas sharing quotas in a real
+Redis whose URL (a secret) is given as a file.
 
 Its two models (`configs/autoscale.yaml`): ``tiny-mixtral`` scales between 1 and 2 replicas
 on its engines' queue and KV cache; ``tiny-mixtral-zero`` sits at zero replicas until a
 request arrives and goes back to zero after 20 s idle. Every request goes through the
-official ``openai`` client and must be answered in full: a flood takes the first model from
-one replica to two, and streams in flight when the load drops are finished while it
-returns to one; a request to the model at zero is held while it starts, not failed; after
-the flood, Ctrl-C and the same command again start at once on the same ports; and Ctrl-C
-lets a stream in flight finish before the platform stops.
+official ``openai`` client and must be answered in full: the proxy holds the port and
+spreads a burst over both gateway replicas, which admit exactly the team's quota; a flood
+takes the first model from one replica to two, and streams in flight when the load drops
+are finished while it returns to one; a request to the model at zero is held while it
+starts, not failed, and the model goes back to zero when idle; after the flood, Ctrl-C and
+the same command again start at once on the same port; and Ctrl-C lets a stream in flight
+finish before the platform stops. (Direct ingress, the default of `make serve`, is what the
+shared platform of the other integration tests runs.)
 """
 
 from __future__ import annotations
@@ -27,16 +33,33 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.platform import free_port, launch, platform_home, stop, time_wait_sockets
+from llmplat.auth.admin import KeyAdmin
+from llmplat.auth.file_store import FileKeyStore
+from llmplat.settings import Settings
+from support.platform import (
+    files_containing,
+    free_port,
+    launch,
+    platform_home,
+    stop,
+    time_wait_sockets,
+)
+from support.redis_server import redis_server
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "autoscale.yaml"
 SCALED = "tiny-mixtral"
 ZERO = "tiny-mixtral-zero"
 FLOOD_STREAMS = 24  # three times the 8 batch slots of a replica: a queue of 16
 TRICKLE_STREAMS = 4  # well under one replica's slots: low load
+RPM = 12  # the limited team's requests per minute
+DRAIN_TOKENS = 400  # a stream that runs ~10 s past Ctrl-C on 2 cores
+
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: make test-slow, after make test
 
 
 @dataclass
@@ -47,6 +70,13 @@ class ScalingPlatform:
     log: Path
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
+    port: int
+    limited_key: str
+    """A key of team ``limited`` (``RPM`` requests per minute)."""
+    engine_metrics_url: str
+    """Ray's metrics export (the engines' and Serve's own series)."""
+    zero_last_request: float = 0.0
+    """When the model at zero answered its request (wall clock)."""
     stopping: bool = False
     """Ctrl-C already sent (by the drain test)."""
     idle: list[socket.socket] = field(default_factory=list)
@@ -82,23 +112,48 @@ class ScalingPlatform:
 
 @pytest.fixture(scope="module")
 def scaling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScalingPlatform]:
-    home = platform_home(tmp_path_factory, "llmplat-autoscale")
-    key = "llmp_dev_" + secrets.token_urlsafe(24)
-    port = free_port()
-    env = os.environ | {
-        "LLMPLAT_HOME": str(home),
-        "LLMPLAT_PORT": str(port),
-        "LLMPLAT_DEV_API_KEY": key,
-        "LLMPLAT_ENGINE_METRICS_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = home / "serve.log"
-    proc = launch(["serve", "--config", str(CONFIG)], env, log)
-    platform = ScalingPlatform(f"http://127.0.0.1:{port}", key, home, log, proc, env)
-    try:
-        yield platform
-    finally:
-        stop(platform.proc, home, platform.log, signal_first=not platform.stopping)
+    password = secrets.token_urlsafe(18)
+    with redis_server(password=password) as redis:
+        home = platform_home(tmp_path_factory, "llmplat-autoscale")
+        admin = KeyAdmin(FileKeyStore(home / "teams.yaml"))
+        admin.create_team({"name": "limited", "limits": {"requests_per_minute": RPM}})
+        limited = admin.create_key("limited").plaintext
+        url_file = home / "redis-url"
+        url_file.write_text(redis.url + "\n")
+        url_file.chmod(0o600)
+        key = "llmp_dev_" + secrets.token_urlsafe(24)
+        port, metrics_port = free_port(), free_port()
+        env = os.environ | {
+            "LLMPLAT_HOME": str(home),
+            "LLMPLAT_PORT": str(port),
+            "LLMPLAT_DEV_API_KEY": key,
+            "LLMPLAT_ENGINE_METRICS_PORT": str(metrics_port),
+            "LLMPLAT_GATEWAY__DIRECT_INGRESS": "false",
+            "LLMPLAT_GATEWAY__REPLICAS": "2",
+            "LLMPLAT_QUOTAS__BACKEND": "redis",
+            "LLMPLAT_QUOTAS__REDIS_URL_FILE": str(url_file),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = home / "serve.log"
+        proc = launch(["serve", "--config", str(CONFIG)], env, log)
+        platform = ScalingPlatform(
+            url=f"http://127.0.0.1:{port}",
+            key=key,
+            home=home,
+            log=log,
+            proc=proc,
+            env=env,
+            port=port,
+            limited_key=limited,
+            engine_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        )
+        try:
+            yield platform
+        finally:
+            stop(platform.proc, home, platform.log, signal_first=not platform.stopping)
+            for root in (home, Settings(home=home).ray_temp_dir):
+                leaked = [f for f in files_containing(root, password) if f != str(url_file)]
+                assert not leaked, f"the Redis password leaked into {leaked}"
 
 
 @dataclass
@@ -167,6 +222,63 @@ async def _poll(platform: ScalingPlatform, model: str) -> dict[str, float]:
     return await asyncio.to_thread(platform.replicas, model)
 
 
+def test_the_serve_proxy_holds_the_port(scaling) -> None:
+    """With direct ingress off, Ray Serve's proxy listens on LLMPLAT_PORT (one port for all
+    replicas, as the chart's Service targets) and nothing on the next port."""
+    owners = {
+        c.laddr.port: c.pid
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port in (scaling.port, scaling.port + 1)
+    }
+    assert list(owners) == [scaling.port], owners
+    title = " ".join(psutil.Process(owners[scaling.port]).cmdline())
+    assert title.startswith("ray::ProxyActor"), title
+    with openai.OpenAI(api_key=scaling.key, base_url=f"{scaling.url}/v1", max_retries=0) as c:
+        answer = c.chat.completions.create(
+            model=SCALED, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+    assert answer.usage.completion_tokens >= 1
+
+
+def test_two_replicas_behind_the_proxy_share_one_exact_quota(scaling) -> None:
+    """A burst through the proxy is spread over both gateway replicas (Ray Serve's own
+    per-replica request counters show it) and admits exactly the team's requests per minute."""
+    if time.time() % 60 > 40:  # keep the burst inside one minute window
+        time.sleep(61 - time.time() % 60)
+
+    async def burst() -> list[int]:
+        headers = {"Authorization": f"Bearer {scaling.limited_key}"}
+        body = {"model": SCALED, "prompt": "x", "max_tokens": 1}
+        async with httpx.AsyncClient(base_url=scaling.url, timeout=120) as http:
+            answers = await asyncio.gather(
+                *(http.post("/v1/completions", json=body, headers=headers) for _ in range(3 * RPM))
+            )
+        return [a.status_code for a in answers]
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) == RPM and statuses.count(429) == 2 * RPM, statuses
+    deadline = time.monotonic() + 60  # Ray exports its metrics every few seconds
+    while sum((served := _gateway_requests_by_replica(scaling)).values()) < 3 * RPM:
+        assert time.monotonic() < deadline, f"the burst never showed in Ray's metrics: {served}"
+        time.sleep(2)
+    assert len(served) == 2, f"one gateway replica served everything: {served}"
+
+
+def _gateway_requests_by_replica(scaling: ScalingPlatform) -> dict[str, float]:
+    text = httpx.get(scaling.engine_metrics_url, timeout=10).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if (
+                s.name == "ray_serve_deployment_request_counter_total"
+                and s.labels.get("deployment") == "Gateway"
+                and s.labels.get("route", "").startswith("/v1/completions")
+                and s.value > 0
+            ):
+                out[s.labels["replica"]] = out.get(s.labels["replica"], 0) + s.value
+    return out
+
+
 def test_a_model_at_zero_is_scaled_to_zero_and_answers_its_next_request(scaling) -> None:
     seen = scaling.wait_for(ZERO, "at zero", lambda r: r.get("running") == 0, 60)
     assert seen["desired"] == 0 and seen["min"] == 0
@@ -188,13 +300,10 @@ def test_a_model_at_zero_is_scaled_to_zero_and_answers_its_next_request(scaling)
         cold_s = time.monotonic() - t0
     assert answer.choices[0].finish_reason and answer.usage.completion_tokens > 0
     print(f"\nscale from zero: request answered after {cold_s:.1f} s", flush=True)
+    scaling.zero_last_request = time.time()
     seen = scaling.replicas(ZERO)
     assert seen["running"] == 1 and seen["decision"] == "up request_while_scaled_to_zero"
-
-    t0 = time.monotonic()
-    seen = scaling.wait_for(ZERO, "back at zero", lambda r: r.get("running") == 0, 120)
-    print(f"idle model back at zero {time.monotonic() - t0:.0f} s after its last request")
-    assert seen["decision"] == "down idle"
+    # Its way back to zero (20 s idle) is checked after the flood, which runs meanwhile.
 
 
 async def test_a_flood_adds_a_replica_and_the_drop_removes_it_losing_nothing(scaling) -> None:
@@ -252,6 +361,16 @@ async def test_a_flood_adds_a_replica_and_the_drop_removes_it_losing_nothing(sca
     )
 
 
+def test_the_idle_model_went_back_to_zero(scaling) -> None:
+    """The model woken above went back to zero by itself while the flood ran (20 s idle)."""
+    assert scaling.zero_last_request, "the model at zero was never woken"
+    seen = scaling.wait_for(ZERO, "back at zero", lambda r: r.get("running") == 0, 120)
+    assert seen["decision"] == "down idle" and seen["desired"] == 0
+    after = seen["decided_at"] - scaling.zero_last_request
+    print(f"\nidle model back at zero: decided {after:.0f} s after its last request", flush=True)
+    assert after >= 19, "scaled down before its 20 s idle time (1 s for clock reads)"
+
+
 def test_restarts_at_once_on_the_same_ports(scaling) -> None:
     """After the flood: Ctrl-C while clients hold keep-alive connections (the server closes
     them, so its side waits in TIME_WAIT on the port), then the same command on the same
@@ -279,7 +398,7 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
         stream = await client.completions.create(
             model=SCALED,
             prompt="drain",
-            max_tokens=1000,
+            max_tokens=DRAIN_TOKENS,
             stream=True,
             stream_options={"include_usage": True},
             extra_body={"ignore_eos": True},  # random weights may sample EOS early
@@ -294,7 +413,7 @@ async def test_ctrl_c_lets_a_stream_in_flight_finish(scaling) -> None:
             if chunk.choices and chunk.choices[0].finish_reason:
                 finished = chunk.choices[0].finish_reason
             usage = chunk.usage or usage
-    assert finished == "length" and usage is not None and usage.completion_tokens == 1000, (
+    assert finished == "length" and usage is not None and usage.completion_tokens == DRAIN_TOKENS, (
         f"stream cut short: finish={finished} usage={usage}"
     )
     print(f"\nstream finished {time.monotonic() - stopped_at:.1f} s after Ctrl-C", flush=True)

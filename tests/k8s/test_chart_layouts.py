@@ -14,6 +14,7 @@ from llmplat.config.loader import load_profile
 from llmplat.config.profiles import DRAIN_MARGIN_S
 from llmplat.serving.serve_config import serve_config
 from support import chart
+from support.chart_cases import CASES
 
 CONFIGS = chart.REPO / "configs"
 
@@ -167,6 +168,14 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
     return chart.find(docs, "ConfigMap", "llmplat-env")["data"]
 
 
+@pytest.mark.parametrize(("cpus", "bind"), [(1, "0"), (2, "0"), (3, "0-1"), (8, "0-6")])
+def test_cpu_engine_threads_leave_a_core_to_the_scheduler(cpus: int, bind: str) -> None:
+    """As `llmplat serve` binds them (LLMPLAT_CPU__RESERVED_CPUS=1): every core of the model
+    pod but one, which vLLM's scheduler process and the replica need."""
+    docs = chart.render(*CASES["dev-cpu"], overrides={"modelWorkers": {"cpu": str(cpus)}})
+    assert env_of(docs)["LLMPLAT_CPU__OMP_THREADS_BIND"] == bind
+
+
 def test_settings_reach_the_pods(rendered) -> None:
     env = env_of(rendered["h100x8"])
     assert env["LLMPLAT_KEYSTORE__BACKEND"] == "kubernetes"
@@ -176,7 +185,7 @@ def test_settings_reach_the_pods(rendered) -> None:
     assert env["RAY_worker_niceness"] == "0"  # from llmplat.runtime, as `llmplat serve` sets it
     dev = env_of(rendered["dev-cpu"])
     assert dev["LLMPLAT_QUOTAS__BACKEND"] == "memory" and dev["LLMPLAT_GATEWAY__REPLICAS"] == "1"
-    assert dev["LLMPLAT_CPU__OMP_THREADS_BIND"] == "0-1"
+    assert dev["LLMPLAT_CPU__OMP_THREADS_BIND"] == "0"  # 2 cores: one left to the scheduler
     rs = chart.find(rendered["h100x8"], "RayService")
     for role, spec, c in containers(rs):
         env_vars = {e["name"]: e for e in c["env"]}
