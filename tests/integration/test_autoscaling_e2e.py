@@ -377,10 +377,10 @@ def test_restarts_at_once_on_the_same_ports(scaling) -> None:
     ports at once. The restarted platform serves the rest of the module."""
     scaling.idle = _keep_alive_connections(scaling.url, 8)
     stop(scaling.proc, scaling.home, scaling.log)
-    port = int(scaling.url.rsplit(":", 1)[1])
     time.sleep(1)  # each client closes on the server's FIN
     # How many depends on how each connection ended (FIN or, from a killed process, RST);
     # tests/unit/serving/test_ingress_socket.py shows the TIME_WAIT case on real sockets.
+    port = scaling.port
     print(f"\n{time_wait_sockets(port)} sockets in TIME_WAIT on port {port}", flush=True)
     scaling.log = scaling.home / "serve-again.log"
     scaling.proc = launch(["serve", "--config", str(CONFIG)], scaling.env, scaling.log)
