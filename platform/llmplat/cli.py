@@ -46,6 +46,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"config": Path(args.config)})
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
+    if args.nodes:
+        local = settings.local.model_copy(update={"nodes": args.nodes})
+        settings = settings.model_copy(update={"local": local})
     try:
         settings.check_quota_store()
         platform = load_platform(settings.resolved_config(), settings.config_dir)
@@ -150,6 +153,8 @@ def serve_command(args: argparse.Namespace) -> list[str]:
         argv += ["--config", str(args.config)]
     if args.port:
         argv += ["--port", str(args.port)]
+    if args.nodes:
+        argv += ["--nodes", str(args.nodes)]
     return argv
 
 
@@ -164,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default configs/local.yaml)",
     )
     serve.add_argument("--port", type=int, help="HTTP port (default LLMPLAT_PORT or 8000)")
+    serve.add_argument(
+        "--nodes",
+        type=int,
+        help="Ray nodes on this machine, each with its share of the cores, to try layouts "
+        "that span nodes (default LLMPLAT_LOCAL__NODES or 1)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     model = sub.add_parser("model", help="models llmplat builds itself")

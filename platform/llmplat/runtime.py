@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmplat.local_cluster import LocalClusterError, WorkerRaylets, plan_local_nodes
 from llmplat.settings import Settings, export_defaults, export_values
 
 # Serve/Ray tuning for a gateway → engine path (see README, Benchmarks).
@@ -46,6 +47,8 @@ class RunningPlatform:
     settings: Settings
     drain_s: float = 0.0
     """How long stopping waits for the requests in flight (the replicas' drain)."""
+    workers: WorkerRaylets | None = None
+    """The worker nodes of a local multi-node cluster."""
 
     def shutdown(self) -> None:
         """Drain, then stop: the application is deleted first, so every replica takes no
@@ -58,7 +61,11 @@ class RunningPlatform:
                 self._drain(serve)
             serve.shutdown()
         finally:
-            ray.shutdown()
+            try:
+                if self.workers is not None:
+                    self.workers.stop()
+            finally:
+                ray.shutdown()
 
     def _drain(self, serve: Any) -> None:
         try:
@@ -200,11 +207,23 @@ def start_platform(
     prepare_environment(settings)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     say("starting Ray")
+    try:
+        local_nodes = (
+            []
+            if settings.ray_address
+            else plan_local_nodes(settings.local.nodes, settings.num_cpus or os.cpu_count() or 1)
+        )
+    except LocalClusterError as exc:
+        raise PlatformStartError(str(exc)) from None
     if settings.ray_address:
         ray.init(address=settings.ray_address, logging_level="WARNING")
     else:
+        head = local_nodes[0]
         ray.init(
-            num_cpus=settings.num_cpus or os.cpu_count(),
+            num_cpus=head.num_cpus if len(local_nodes) > 1 else settings.num_cpus or os.cpu_count(),
+            # Only a multi-node local cluster names its nodes' cores: a single node keeps
+            # the binding of the engine's environment (settings.cpu).
+            labels=head.labels() if len(local_nodes) > 1 else None,
             include_dashboard=False,
             _temp_dir=str(settings.ray_temp_dir),
             # Engine metrics (vLLM's, through Ray) and Serve's own, in Prometheus format.
@@ -215,6 +234,15 @@ def start_platform(
     url = f"http://{settings.host}:{settings.port}"
     running = RunningPlatform(url=url, settings=settings)
     try:
+        if len(local_nodes) > 1:
+            running.workers = WorkerRaylets(
+                local_nodes[1:], ray.get_runtime_context().gcs_address, settings.ray_temp_dir
+            )
+            say(f"starting {len(local_nodes) - 1} worker node(s) on this machine")
+            try:
+                running.workers.start(settings.local.node_start_timeout_s, say)
+            except LocalClusterError as exc:
+                raise PlatformStartError(str(exc)) from None
         serve.start(
             # With direct ingress the gateway replicas take the user's port(s) and the
             # proxy moves to a free one; replicas bind the same host.

@@ -189,6 +189,21 @@ class CpuEngineSettings(BaseModel):
     )
 
 
+class LocalClusterSettings(BaseModel):
+    """The Ray cluster ``llmplat serve`` starts when no ``ray_address`` is given."""
+
+    nodes: int = Field(
+        1,
+        ge=1,
+        description="Ray nodes to run on this machine: the head plus nodes-1 worker raylets, "
+        "each with its own share of the cores (and engines bound to them), so a layout that "
+        "spans several nodes (pipeline stages on different nodes) can be tried on one machine.",
+    )
+    node_start_timeout_s: float = Field(
+        60.0, gt=0, description="How long worker raylets may take to join the head."
+    )
+
+
 class LoadTestSettings(BaseModel):
     """`llmplat loadtest`: where its files are and which existing keys it uses."""
 
@@ -289,6 +304,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     cpu: CpuEngineSettings = Field(default_factory=CpuEngineSettings)
+    local: LocalClusterSettings = Field(default_factory=LocalClusterSettings)
     loadtest: LoadTestSettings = Field(default_factory=LoadTestSettings)
     teams_file: Path | None = Field(
         None,

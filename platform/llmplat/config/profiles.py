@@ -267,11 +267,17 @@ class ToolsSpec(_Strict):
 
 
 class HardwareSpec(_Strict):
-    """The fleet a profile was laid out for (informational; the planner checks it)."""
+    """The fleet a profile was laid out for (the planner checks it; on CPU, ``nodes`` is how
+    many nodes one replica's ranks are spread over)."""
 
     gpu: str | None = Field(None, description="GPU type, e.g. 'h100-80gb'.")
     gpus_per_node: int | None = Field(None, ge=1)
-    nodes: int | None = Field(None, ge=1)
+    nodes: int | None = Field(
+        None,
+        ge=1,
+        description="Nodes of the fleet; for kind 'cpu' the nodes one replica spans (its "
+        "pipeline stages, whole tensor-parallel groups on each).",
+    )
 
 
 class ModelProfile(_Strict):
@@ -304,8 +310,15 @@ class ModelProfile(_Strict):
     def _consistent(self) -> ModelProfile:
         eng = self.engine
         if self.accelerator.kind == "cpu":
-            if eng.pipeline_parallel_size > 1:
-                raise ValueError("pipeline parallelism needs kind 'gpu' (vLLM-CPU runs PP=1)")
+            if eng.pipeline_parallel_size > 1 and eng.enforce_eager:
+                # vLLM-CPU's CPUModelRunner.warming_up_model skips the warm-up run in eager
+                # mode, and only that run allocates a later stage's buffer of activations
+                # from the stage before: the first request then fails
+                # (gpu_model_runner.sync_and_gather_intermediate_tensors asserts).
+                raise ValueError(
+                    "pipeline parallelism on kind 'cpu' needs enforce_eager: false "
+                    "(vLLM-CPU allocates a later stage's input buffer only when it compiles)"
+                )
             if eng.enable_expert_parallel:
                 raise ValueError(
                     "enable_expert_parallel needs kind 'gpu' (it crashes vLLM-CPU); "
@@ -316,6 +329,15 @@ class ModelProfile(_Strict):
         if eng.enable_expert_parallel and eng.tensor_parallel_size < 2:
             raise ValueError("enable_expert_parallel needs tensor_parallel_size >= 2")
         hw = self.hardware
+        world = eng.tensor_parallel_size * eng.pipeline_parallel_size
+        if self.accelerator.kind == "cpu" and hw.nodes and (
+            world % hw.nodes or (world // hw.nodes) % eng.tensor_parallel_size
+        ):
+            raise ValueError(
+                f"TP {eng.tensor_parallel_size} x PP {eng.pipeline_parallel_size} cannot be "
+                f"spread over hardware.nodes {hw.nodes}: each node must hold whole "
+                "tensor-parallel groups (pipeline stages may span nodes, TP groups may not)"
+            )
         if hw.gpus_per_node and eng.tensor_parallel_size > hw.gpus_per_node:
             raise ValueError(
                 f"tensor_parallel_size {eng.tensor_parallel_size} exceeds gpus_per_node "

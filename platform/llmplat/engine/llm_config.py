@@ -10,6 +10,7 @@ from typing import Any
 from ray.serve.llm import LLMConfig
 
 from llmplat.config.profiles import BUILTIN_PREFIX, ModelProfile
+from llmplat.engine.placement import NODES_KEY, placement_plan, rank_core_lists
 from llmplat.settings import CpuEngineSettings, Settings
 
 BUILTIN_MODELS = ("tiny-mixtral",)
@@ -100,11 +101,29 @@ def omp_threads_bind(cpu: CpuEngineSettings, cores: int) -> str:
     return "0" if last == 0 else f"0-{last}"
 
 
+def ranks_threads_bind(cpu: CpuEngineSettings, cores: int, local_ranks: int) -> str:
+    """The binding of ``local_ranks`` engine ranks on one host: one core list per rank
+    (vLLM's ``|`` syntax). 'auto' splits the cores :func:`omp_threads_bind` would use; when
+    there are fewer of them than ranks the reserved cores are used too, rather than putting
+    two ranks' threads on one core (they step in lockstep)."""
+    if local_ranks == 1 or cpu.omp_threads_bind != "auto":
+        return omp_threads_bind(cpu, cores)
+    usable = list(range(max(cores - cpu.reserved_cpus, 1)))
+    if len(usable) < local_ranks:
+        usable = list(range(cores))
+    return rank_core_lists(usable, local_ranks)
+
+
 def cpu_engine_env(profile: ModelProfile, settings: Settings) -> dict[str, str]:
-    """Environment of a vLLM-CPU engine: thread binding, KV-cache size, offline caches."""
+    """Environment of a vLLM-CPU engine: thread binding, KV-cache size, offline caches.
+    On a local multi-node cluster each node's engine ranks bind to that node's cores instead
+    (llmplat.engine.multinode)."""
+    local_ranks = placement_plan(profile).ranks_per_node
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(profile.accelerator.kv_cache_space_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": omp_threads_bind(settings.cpu, os.cpu_count() or 1),
+        "VLLM_CPU_OMP_THREADS_BIND": ranks_threads_bind(
+            settings.cpu, os.cpu_count() or 1, local_ranks
+        ),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": str(settings.cpu.reserved_cpus),
     }
 
@@ -186,18 +205,10 @@ def deployment_config(profile: ModelProfile) -> dict[str, Any]:
     return options
 
 
-def placement_group_config(profile: ModelProfile) -> dict[str, Any]:
-    bundle: dict[str, float] = {"CPU": profile.accelerator.cpus_per_worker}
-    if profile.accelerator.kind == "gpu":
-        bundle["GPU"] = 1
-    elif bundle["CPU"] == 0:
-        bundle["CPU"] = 0.001  # Ray rejects an all-zero bundle
-    return {"bundle_per_worker": bundle, "strategy": profile.serving.placement.strategy}
-
-
 def build_llm_config(profile: ModelProfile, settings: Settings, model_path: str) -> LLMConfig:
     """The ``LLMConfig`` of one model deployment (one replica = one engine = one PG)."""
     env = offline_env(settings)
+    plan = placement_plan(profile)
     if profile.accelerator.kind == "cpu":
         env |= cpu_engine_env(profile, settings)
     return LLMConfig(
@@ -205,11 +216,12 @@ def build_llm_config(profile: ModelProfile, settings: Settings, model_path: str)
         engine_kwargs=engine_kwargs(profile),
         accelerator_type=profile.accelerator.accelerator_type,
         accelerator_config={"kind": profile.accelerator.kind},
-        placement_group_config=placement_group_config(profile),
+        placement_group_config=plan.placement_group_config(),
         deployment_config=deployment_config(profile),
         runtime_env={"env_vars": env},
         experimental_configs={
-            "stream_batching_interval_ms": profile.serving.stream_batching_interval_ms
+            "stream_batching_interval_ms": profile.serving.stream_batching_interval_ms,
+            NODES_KEY: plan.nodes,
         },
         log_engine_metrics=True,
     )

@@ -8,13 +8,29 @@ asks for autoscaling stats.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from typing import Any
 
-from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+from ray.llm._internal.serve.engines.vllm.vllm_engine import (
+    VLLMEngine,
+    _normalize_vllm_engine_kwargs,
+)
 
 from llmplat.autoscaling.signals import EngineSignals, SignalRecorder
 from llmplat.engine import parser_cache
+from llmplat.engine.multinode import (
+    BIND_ENV,
+    NodeRanks,
+    PlacedRank,
+    free_port,
+    headless_kwargs,
+    node_binding,
+    node_names,
+    placed_ranks,
+)
+from llmplat.engine.placement import PlacementError, plan_from_llm_config
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +75,105 @@ class SignalingVLLMEngine(VLLMEngine):
         parser_cache.install()
         self.signals = SignalRecorder()
         self.reporting = False
+        self.placement: list[PlacedRank] = []
+        """Which node holds which rank (set when the engine starts)."""
+        self._node_actors: list[Any] = []
+        self._node_watch: asyncio.Task[None] | None = None
+        self.lost: str | None = None
+        """Why the engine can no longer serve (a node of its placement group died)."""
+
+    def _prepare_engine_config(self, callback_ctx: Any) -> Any:
+        self._place(callback_ctx.placement_group)
+        return super()._prepare_engine_config(callback_ctx)
+
+    def _place(self, pg: Any) -> None:
+        """Record which node holds which rank; on CPU, bind each node's ranks to its cores
+        and start the ranks of the replica's further nodes (see llmplat.engine.multinode)."""
+        import ray
+        from ray.util.placement_group import placement_group_table
+
+        plan = plan_from_llm_config(self.llm_config)
+        table = placement_group_table(pg)
+        bundle_nodes = [table["bundles_to_node_id"][i] for i in range(plan.world_size)]
+        node_ids = plan.node_groups(bundle_nodes)
+        here = ray.get_runtime_context().get_node_id()
+        if node_ids[0] != here:
+            raise PlacementError(
+                f"the replica runs on node {here[:8]} but its first rank's bundle is on "
+                f"{node_ids[0][:8]}"
+            )
+        nodes = ray.nodes()
+        self.placement = placed_ranks(plan, node_ids, node_names(nodes))
+        log.info("ranks placed: %s", [p.as_dict() for p in self.placement])
+        if self.llm_config.accelerator_config.kind != "cpu":  # vLLM's Ray executor
+            return
+        labels = {n["NodeID"]: n.get("Labels") or {} for n in nodes}
+        binding = node_binding(labels[here], plan.ranks_per_node)
+        if binding:
+            os.environ[BIND_ENV] = binding  # read by the engine's worker processes
+        if plan.nodes == 1:
+            return
+        engine = self.llm_config.get_engine_config()
+        engine.engine_kwargs.update(
+            nnodes=plan.nodes,
+            node_rank=0,
+            master_addr=ray.util.get_node_ip_address(),
+            master_port=free_port(),
+        )
+        kwargs = _normalize_vllm_engine_kwargs(engine.get_initialization_kwargs())
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        runs = []
+        for k in range(1, plan.nodes):
+            env = {
+                BIND_ENV: node_binding(labels[node_ids[k]], plan.ranks_per_node)
+                or os.environ.get(BIND_ENV, "auto")
+            }
+            actor = (
+                ray.remote(NodeRanks)
+                .options(
+                    num_cpus=0,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                        placement_group=pg,
+                        placement_group_bundle_index=k * plan.ranks_per_node,
+                    ),
+                )
+                .remote(env)
+            )
+            self._node_actors.append(actor)
+            runs.append((k, actor.run.remote(headless_kwargs(kwargs, k))))
+        self._node_watch = asyncio.get_running_loop().create_task(self._watch_nodes(runs))
+
+    async def _watch_nodes(self, runs: list[tuple[int, Any]]) -> None:
+        """A further node's ranks end only when that node (or its workers) died: the engine
+        is then lost. In-flight requests fail at once instead of waiting on dead peers, and
+        the health check fails, so Serve replaces the replica once the nodes are back."""
+        futures = {asyncio.ensure_future(ref): k for k, ref in runs}
+        done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+        first = next(iter(done))
+        node, exc = futures[first], first.exception()
+        names = sorted({p.node_name for p in self.placement if p.rank.node == node})
+        self.lost = f"node {', '.join(names)} of this replica stopped" + (
+            f" ({type(exc).__name__})" if exc else ""
+        )
+        log.error("engine lost: %s; failing its requests", self.lost)
+        client = self._engine_client
+        if client is not None:
+            client.shutdown()
+
+    async def check_health(self) -> None:
+        if self.lost:
+            raise RuntimeError(f"engine lost: {self.lost}")
+        await super().check_health()
+
+    async def shutdown(self) -> None:
+        import ray
+
+        if self._node_watch is not None:
+            self._node_watch.cancel()
+        for actor in self._node_actors:
+            ray.kill(actor)
+        await super().shutdown()
 
     def _start_async_llm_engine(self, *args: Any, **kwargs: Any) -> Any:
         client = super()._start_async_llm_engine(*args, **kwargs)
