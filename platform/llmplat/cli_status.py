@@ -114,6 +114,7 @@ def render(data: dict[str, Any]) -> str:
         ago = f", {time.time() - at:.0f} s ago" if at else ""
         to = int(scaling.get(model, {}).get("desired", 0))
         lines.append(f"  {model}: last scaled {direction} to {to} ({reason}{ago})")
+    lines.extend(placement_lines(deployments))
     gw = deployments.get("Gateway")
     if gw:
         lines.append(f"gateway replicas running: {gw['replicas'].get('RUNNING', 0)}")
@@ -137,6 +138,25 @@ def render(data: dict[str, Any]) -> str:
                 f"{_fmt_limit(u['in_flight'], lim['concurrent_requests']):>12}"
             )
     return "\n".join(lines)
+
+
+def placement_lines(deployments: dict[str, Any]) -> list[str]:
+    """One line per replica of a sharded model: the node of each rank, or why it waits."""
+    lines = []
+    for name, dep in sorted(deployments.items()):
+        for replica in dep.get("placement") or []:
+            ranks = replica.get("ranks")
+            head = f"  {name.split(':', 1)[-1]} replica {replica['replica']}"
+            if ranks is None:
+                lines.append(f"{head}: not placed: {replica['reason']}")
+            elif len(ranks) > 1:
+                where = ", ".join(
+                    f"rank {r['rank']} (stage {r['stage']}, shard {r['shard']}) on {r['node']}"
+                    + ("" if r["node_alive"] else " [node down]")
+                    for r in ranks
+                )
+                lines.append(f"{head}: {where}")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,6 +15,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 WORKER_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 """Object store of a local worker node: serving passes small messages, never tensors."""
 STOP_GRACE_S = 15.0
+WATCH_INTERVAL_S = 2.0
+LOCAL_HEAD_RESOURCE = "llmplat_local_head"
+"""Custom resource of a local multi-node cluster's head: the gateway replicas take it, so they
+stay on the node the platform's process runs (as the chart keeps them on gateway pods)."""
 
 
 class LocalClusterError(RuntimeError):
@@ -104,12 +109,44 @@ class WorkerRaylets:
         self._gcs = gcs_address
         self._temp_dir = temp_dir
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.restarts: dict[str, int] = {}
 
     def start(self, timeout_s: float, say: Callable[[str], None]) -> None:
         for node in self.nodes:
             self.start_node(node)
         say(f"waiting for {len(self.nodes)} worker node(s) to join")
         self.wait_joined(timeout_s)
+        self._watcher = threading.Thread(target=self._watch, name="local-nodes", daemon=True)
+        self._watcher.start()
+
+    def _alive_names(self) -> set[str]:
+        import ray
+
+        return {(n.get("Labels") or {}).get(NODE_LABEL, "") for n in ray.nodes() if n.get("Alive")}
+
+    def _watch(self) -> None:
+        """Start a worker node again when it died (its raylet was killed, say), as a
+        cluster's operator brings a lost node back: the replicas that lost ranks are
+        placed again once it has joined."""
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            try:
+                alive = self._alive_names()
+            except Exception as exc:  # Ray is going away: the platform is stopping
+                log.debug("node watch: %s", exc)
+                continue
+            for node in self.nodes:
+                if node.name in alive or self._stopping.is_set():
+                    continue
+                log.warning("local node %s died; starting it again", node.name)
+                self._stop_proc(node.name, self._procs[node.name])
+                self.restarts[node.name] = self.restarts.get(node.name, 0) + 1
+                self.start_node(node)
+                try:
+                    self.wait_joined_names({node.name}, 60.0)
+                except LocalClusterError as exc:
+                    log.error("local node %s did not come back: %s", node.name, exc)
 
     def start_node(self, node: LocalNode) -> None:
         log_path = self._temp_dir / f"llmplat-{node.name}.log"
@@ -123,12 +160,13 @@ class WorkerRaylets:
             )
 
     def wait_joined(self, timeout_s: float) -> None:
-        import ray
+        self.wait_joined_names({n.name for n in self.nodes}, timeout_s)
 
-        names = {n.name for n in self.nodes}
+    def wait_joined_names(self, names: set[str], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        alive: set[str] = set()
         while time.monotonic() < deadline:
-            alive = {(n.get("Labels") or {}).get(NODE_LABEL) for n in ray.nodes() if n.get("Alive")}
+            alive = self._alive_names()
             if names <= alive:
                 return
             for name, proc in self._procs.items():
@@ -146,15 +184,24 @@ class WorkerRaylets:
         return self._procs[name].pid
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
         for proc in self._procs.values():
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
         for name, proc in self._procs.items():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker node %s did not stop in %.0f s; killing it", name, STOP_GRACE_S)
-                proc.kill()
-                proc.wait()
+            self._stop_proc(name, proc)
         self._procs.clear()
+
+    @staticmethod
+    def _stop_proc(name: str, proc: subprocess.Popen[bytes]) -> None:
+        """``ray start --block`` stops its raylet and the node's workers on SIGTERM."""
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("worker node %s did not stop in %.0f s; killing it", name, STOP_GRACE_S)
+            proc.kill()
+            proc.wait()

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmplat.local_cluster import LocalClusterError, WorkerRaylets, plan_local_nodes
+from llmplat.local_cluster import (
+    LOCAL_HEAD_RESOURCE,
+    LocalClusterError,
+    WorkerRaylets,
+    plan_local_nodes,
+)
 from llmplat.settings import Settings, export_defaults, export_values
 
 # Serve/Ray tuning for a gateway → engine path (see README, Benchmarks).
@@ -224,6 +229,9 @@ def start_platform(
             # Only a multi-node local cluster names its nodes' cores: a single node keeps
             # the binding of the engine's environment (settings.cpu).
             labels=head.labels() if len(local_nodes) > 1 else None,
+            resources={LOCAL_HEAD_RESOURCE: settings.gateway.replicas}
+            if len(local_nodes) > 1
+            else None,
             include_dashboard=False,
             _temp_dir=str(settings.ray_temp_dir),
             # Engine metrics (vLLM's, through Ray) and Serve's own, in Prometheus format.

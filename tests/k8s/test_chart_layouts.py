@@ -305,3 +305,36 @@ def test_helm_merge_of_a_layout_file_leaves_no_stale_default_keys() -> None:
             }
             missing = paths(generated_default) - paths(layout[key])
             assert not missing, f"{path.name}: {key}{sorted(missing)} would come from the defaults"
+
+
+@pytest.mark.parametrize("case", ["h100x8", "h100x8-fp8", "l40s-2node"])
+def test_rendered_placement_is_the_plan_the_engine_and_local_cluster_use(
+    rendered, case: str
+) -> None:
+    """Bundles, strategy and nodes per replica of each 8x22B layout come from
+    ``placement_plan``, the function the engine places its ranks by and that
+    ``llmplat serve --nodes`` reproduces on one machine."""
+    from llmplat.engine.llm_config import build_llm_config
+    from llmplat.engine.placement import placement_plan
+    from llmplat.k8s.values import placement_values
+    from llmplat.settings import Settings
+
+    profile_name, gpus, (initial, low, high), _ = LAYOUTS[case]
+    profile = load_profile(profile_name, CONFIGS)
+    plan = placement_plan(profile, gpus)
+    values = chart.load_values(chart.VALUES_DIR / f"{case}.yaml")
+    (entry,) = values["layout"]["models"]
+    assert entry["placement"] == placement_values(plan)
+    # The engine in the cluster builds its placement group from the serve config's profile.
+    rs = chart.find(rendered[case], "RayService")
+    (shipped,) = chart.serve_config_of(rs)["applications"][0]["args"]["profiles"]
+    llm = build_llm_config(type(profile).model_validate(shipped), Settings(), "/m")
+    assert llm.placement_group_config == plan.placement_group_config()
+    engine = llm.get_engine_config()
+    assert len(engine.placement_bundles) == plan.world_size
+    assert engine.placement_strategy == plan.strategy
+    # Worker pods: a replica spanning nodes takes that many pods.
+    if plan.nodes > 1:
+        assert groups(rs)["model"]["minReplicas"] == low == plan.nodes * (
+            profile.serving.autoscaling.min_replicas
+        )

@@ -93,20 +93,23 @@ def _short(node_ids: Sequence[str]) -> str:
     return "[" + ", ".join(n[:8] for n in node_ids) + "]"
 
 
-def nodes_per_replica(profile: ModelProfile) -> int:
+def nodes_per_replica(profile: ModelProfile, gpus_per_node: int | None = None) -> int:
     """Nodes one replica of the profile spans: its ranks over the ranks a node holds
-    (``hardware.gpus_per_node``; on CPU, ``hardware.nodes`` names the spread directly)."""
+    (``gpus_per_node``, default ``hardware.gpus_per_node``; on CPU, ``hardware.nodes`` names
+    the spread directly)."""
     eng, hw = profile.engine, profile.hardware
     world = eng.tensor_parallel_size * eng.pipeline_parallel_size
     if profile.accelerator.kind == "cpu":
         return hw.nodes or 1
-    if hw.gpus_per_node:
-        return max(1, math.ceil(world / hw.gpus_per_node))
+    per_node = gpus_per_node or hw.gpus_per_node
+    if per_node:
+        return max(1, math.ceil(world / per_node))
     return 1
 
 
-def placement_plan(profile: ModelProfile) -> PlacementPlan:
-    """The placement of one replica of ``profile``."""
+def placement_plan(profile: ModelProfile, gpus_per_node: int | None = None) -> PlacementPlan:
+    """The placement of one replica of ``profile`` (on nodes of ``gpus_per_node`` GPUs when
+    the fleet differs from the profile's ``hardware``)."""
     eng, acc = profile.engine, profile.accelerator
     bundle: dict[str, float] = {"CPU": acc.cpus_per_worker}
     if acc.kind == "gpu":
@@ -116,7 +119,7 @@ def placement_plan(profile: ModelProfile) -> PlacementPlan:
     return PlacementPlan(
         tensor_parallel=eng.tensor_parallel_size,
         pipeline_parallel=eng.pipeline_parallel_size,
-        nodes=nodes_per_replica(profile),
+        nodes=nodes_per_replica(profile, gpus_per_node),
         bundle=bundle,
         strategy=profile.serving.placement.strategy,
     )

@@ -34,6 +34,8 @@ from llmplat.engine.placement import PlacementError, plan_from_llm_config
 
 log = logging.getLogger(__name__)
 
+RANK_METRIC = "llmplat_engine_rank_info"
+
 
 class SignalStatLogger:
     """A vLLM stat logger (the ``record``/``log`` interface) feeding a recorder."""
@@ -105,6 +107,7 @@ class SignalingVLLMEngine(VLLMEngine):
         nodes = ray.nodes()
         self.placement = placed_ranks(plan, node_ids, node_names(nodes))
         log.info("ranks placed: %s", [p.as_dict() for p in self.placement])
+        self._export_placement()
         if self.llm_config.accelerator_config.kind != "cpu":  # vLLM's Ray executor
             return
         labels = {n["NodeID"]: n.get("Labels") or {} for n in nodes}
@@ -144,6 +147,35 @@ class SignalingVLLMEngine(VLLMEngine):
             runs.append((k, actor.run.remote(headless_kwargs(kwargs, k))))
         self._node_watch = asyncio.get_running_loop().create_task(self._watch_nodes(runs))
 
+    def _export_placement(self) -> None:
+        """``llmplat_engine_rank_info`` (1 per rank, exported by Ray's metrics agent with
+        Ray's ``ray_`` prefix beside vLLM's engine metrics): which node holds which rank."""
+        from ray import serve
+        from ray.util.metrics import Gauge
+
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except RuntimeError:  # not inside a Serve replica (engine tests)
+            replica = "-"
+        # Kept on the engine: Ray reads a gauge's values from the object while it lives.
+        self._rank_gauge = gauge = Gauge(
+            RANK_METRIC,
+            description="1 per engine rank: the node holding that rank (stage, shard).",
+            tag_keys=("model", "replica", "rank", "stage", "shard", "node"),
+        )
+        for p in self.placement:
+            gauge.set(
+                1,
+                tags={
+                    "model": self.llm_config.model_id,
+                    "replica": replica,
+                    "rank": str(p.rank.rank),
+                    "stage": str(p.rank.stage),
+                    "shard": str(p.rank.shard),
+                    "node": p.node_name,
+                },
+            )
+
     async def _watch_nodes(self, runs: list[tuple[int, Any]]) -> None:
         """A further node's ranks end only when that node (or its workers) died: the engine
         is then lost. In-flight requests fail at once instead of waiting on dead peers, and
@@ -159,6 +191,12 @@ class SignalingVLLMEngine(VLLMEngine):
         log.error("engine lost: %s; failing its requests", self.lost)
         client = self._engine_client
         if client is not None:
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            # Every request in flight gets the error now (shutting the engine down alone
+            # leaves their streams waiting forever); new ones are refused as by a dead engine.
+            client.output_processor.propagate_error(EngineDeadError())
+            client.engine_core.resources.engine_dead = True
             client.shutdown()
 
     async def check_health(self) -> None:

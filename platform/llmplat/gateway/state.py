@@ -45,6 +45,8 @@ class GatewayModel:
     """How long a request is held while the model starts from zero replicas."""
     auto_tool_choice: bool = False
     """The engine parses tool calls from free text (a profile with a tool-call parser)."""
+    tensor_parallel: int = 1
+    """Ranks of one pipeline stage (to name each rank's stage and shard in the status)."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import yaml
 
 from llmplat.config.loader import load_profile, resolve_profile_path
 from llmplat.config.profiles import ModelProfile, drain_seconds
+from llmplat.engine.placement import PlacementPlan, placement_plan
 from llmplat.planner import (
     Assessment,
     Fleet,
@@ -55,15 +56,22 @@ class Fitted:
     profile: ModelProfile
     assessment: Assessment | None  # None on CPU
 
+    @property
+    def placement(self) -> PlacementPlan:
+        """One replica's bundles, strategy and nodes: the plan the engine runs by."""
+        per_node = self.assessment.fleet.gpus_per_node if self.assessment else None
+        return placement_plan(self.profile, per_node)
+
     def nodes_for(self, replicas: int) -> int:
         """Pods (nodes) that ``replicas`` engine replicas occupy."""
         if self.assessment is None:
-            return replicas  # one vLLM-CPU engine per CPU worker pod
+            # one vLLM-CPU engine per CPU worker pod, or its ranks' nodes when it spans several
+            return replicas * self.placement.nodes
         layout, per_node = self.assessment.layout, self.assessment.fleet.gpus_per_node
         rpn = layout.replicas_per_node(per_node)
         if rpn:
             return math.ceil(replicas / rpn)
-        return replicas * layout.nodes_per_replica(per_node)
+        return replicas * self.placement.nodes
 
 
 def _fit_gpu(profile: ModelProfile, profile_dir: Path, gpu: GpuType, per_node: int) -> Fitted:
@@ -138,6 +146,7 @@ def _layout_entry(f: Fitted) -> dict[str, Any]:
         "expertParallel": eng.enable_expert_parallel,
         "minReplicas": auto.min_replicas,
         "maxReplicas": auto.max_replicas,
+        "placement": placement_values(f.placement),
     }
     a = f.assessment
     if a is not None:
@@ -150,6 +159,18 @@ def _layout_entry(f: Fitted) -> dict[str, Any]:
             "fullContextSequencesPerReplica": round(a.seqs_per_replica, 1),
         }
     return entry
+
+
+def placement_values(plan: PlacementPlan) -> dict[str, Any]:
+    """The placement of one replica as the values record it (and ``llmplat serve --nodes``
+    reproduces on one machine)."""
+    return {
+        "bundlesPerReplica": plan.world_size,
+        "bundle": dict(plan.bundle),
+        "strategy": plan.strategy,
+        "nodesPerReplica": plan.nodes,
+        "ranksPerNode": plan.ranks_per_node,
+    }
 
 
 def layout_values(

@@ -14,6 +14,7 @@ from llmplat.config.loader import LoadedPlatform
 from llmplat.config.profiles import ModelProfile, drain_seconds
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.gateway.state import GatewayConfig, GatewayModel
+from llmplat.local_cluster import LOCAL_HEAD_RESOURCE
 from llmplat.serving.gateway_deployment import Gateway
 from llmplat.serving.llm_server import PlatformLLMServer
 from llmplat.settings import Settings
@@ -59,6 +60,7 @@ def gateway_config(
                 scale_from_zero_wait_s=m.profile.serving.autoscaling.scale_from_zero_wait_s,
                 auto_tool_choice=m.profile.tools.tool_call_parser is not None
                 and m.profile.tools.auto_tool_choice,
+                tensor_parallel=m.profile.engine.tensor_parallel_size,
             )
             for m in models
         ),
@@ -94,8 +96,11 @@ def build_application(
         for m in models
     }
     actor_options: dict[str, Any] = {"num_cpus": 0}
-    if settings.gateway.ray_resource:
-        actor_options["resources"] = {settings.gateway.ray_resource: 1}
+    resource = settings.gateway.ray_resource
+    if resource is None and settings.local.nodes > 1 and not settings.ray_address:
+        resource = LOCAL_HEAD_RESOURCE  # gateways on the head of a local multi-node cluster
+    if resource:
+        actor_options["resources"] = {resource: 1}
     gateway = serve.deployment(
         Gateway,
         name="Gateway",

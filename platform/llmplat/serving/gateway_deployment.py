@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import ServeBackend
 from llmplat.gateway.state import GatewayConfig
 from llmplat.serving.ingress_socket import reuse_address_for_direct_ingress
+from llmplat.serving.placement_status import deployment_name, live_placements
 from llmplat.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,8 @@ class Gateway:
             config = with_own_secrets(config)
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
         self._state = assemble_state(config, backends, scale_source=KvStore())
-        self._state.status = serve_status
+        tensor_parallel = {deployment_name(m.model_id): m.tensor_parallel for m in config.models}
+        self._state.status = functools.partial(serve_status, tensor_parallel)
         if config.metrics_port is not None:
             # One scrape target per replica (the chart's PodMonitor), beside GET /metrics.
             start_http_server(config.metrics_port, registry=self._state.metrics.registry)
@@ -65,14 +68,19 @@ def apply_teams_file(settings: Settings) -> None:
         log.info("declared team %s: %s", team, outcome)
 
 
-def serve_status() -> dict[str, Any]:
-    """Each deployment of every Serve application: status and replicas by state."""
+def serve_status(tensor_parallel: dict[str, int]) -> dict[str, Any]:
+    """Each deployment of every Serve application: status, message, replicas by state, and
+    for model deployments the node of every rank of every replica (or why it is unplaced)."""
+    placements = live_placements(tensor_parallel)
     out: dict[str, Any] = {}
     for app_name, app in serve.status().applications.items():
         for name, dep in app.deployments.items():
             out[name] = {
                 "application": app_name,
                 "status": str(dep.status.value if hasattr(dep.status, "value") else dep.status),
+                "message": dep.message,
                 "replicas": {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()},
             }
+            if name in tensor_parallel:
+                out[name]["placement"] = placements.get(name, [])
     return out
