@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
-.PHONY: serve test test-slow test-unit test-integration test-gpu test-k8s bench lint model venv clean system-deps mutation \
+.PHONY: serve test test-slow test-unit test-integration test-gpu gpu-check test-k8s bench bench-sharded lint model venv clean system-deps mutation \
 	chart chart-files chart-values manifests
 
 venv: $(STAMP)
@@ -74,12 +74,23 @@ test-k8s: $(STAMP) system-deps $(CHECKOV)
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)
 
+# On a machine with NVIDIA GPUs and `.[gpu]` installed: the GPU tests, the sharded layouts
+# (TP 2, PP 2, TP 2 + expert parallel) and the 8x22B profiles' validation. Skips cleanly
+# (and fails nothing) without GPUs; not part of make test.
+gpu-check: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m gpu tests/gpu $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests/unit/engine tests/unit/config $(PYTEST_ARGS)
+
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/gateway.py
 	$(BIN)/python benchmarks/admission.py
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/loop_lag.py
+
+# PP 2 across two local nodes and TP 2 in one against the unsharded engine (its own platform).
+bench-sharded: $(STAMP)
+	$(BIN)/python benchmarks/sharded.py
 
 # Regenerate what the chart embeds from its sources (the tests fail when they drift):
 # dashboards and rules copied from deploy/, the generated block of each values file
