@@ -6,7 +6,7 @@ tensor parallel 2 with both shards on one node. Real Ray, real vLLM-CPU, the off
 
 - Pipeline parallelism moves whole activations between stages: greedy outputs equal the
   unsharded engine's token for token, streamed and not.
-- Tensor parallelism all-reduces partial sums, which rounds differently in bfloat16: its
+- Tensor parallelism all-reduces partial sums, which rounds differently: its
   first tokens' log-probabilities stay within ``TP_LOGPROB_TOL`` of the unsharded engine's,
   and its greedy token is the same wherever the top two differ by more than that.
 - Every rank sits where the profile asks (stages on different nodes, shards on one), as
@@ -49,9 +49,11 @@ PROMPTS = [
     "<html><body>",
 ]
 TOKENS = 16
-TP_LOGPROB_TOL = 0.05
+TP_LOGPROB_TOL = 1e-3
 """Largest difference allowed between a TP-2 and an unsharded log-probability (nats): the
-all-reduce of two bfloat16 partial sums rounds differently from one full sum."""
+all-reduce of two float32 partial sums rounds differently from one full sum (the sharded
+profiles run float32: the random weights' near-flat logits have top-two gaps below
+bfloat16's rounding)."""
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,6 +72,11 @@ class Sharded:
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0)
+
+    def usage(self) -> httpx.Response:
+        return httpx.get(
+            f"{self.url}/v1/usage", headers={"Authorization": f"Bearer {self.key}"}, timeout=30
+        )
 
     def admin(self, path: str) -> httpx.Response:
         return httpx.get(
@@ -171,7 +178,7 @@ async def test_tensor_parallel_logprobs_stay_within_the_tolerance(sharded) -> No
             worst = max(worst, abs(s_lp - b_lp))
             assert abs(s_lp - b_lp) <= TP_LOGPROB_TOL, (prompt, b_tok, b_lp, s_lp)
             compared += 1
-    print(f"\nTP 2 vs unsharded: {compared} log-probabilities, largest difference {worst:.4f}; "
+    print(f"\nTP 2 vs unsharded: {compared} log-probabilities, largest difference {worst:.2e}; "
           f"{decided} tokens decided by more than {TP_LOGPROB_TOL}")
     assert compared >= len(PROMPTS) and decided >= len(PROMPTS)
 
@@ -193,13 +200,19 @@ def test_ranks_sit_where_the_profiles_ask(sharded) -> None:
     (tp,) = placement[TP]
     assert [(r["stage"], r["shard"]) for r in tp["ranks"]] == [(0, 0), (0, 1)]
     assert len({r["node"] for r in tp["ranks"]}) == 1  # both shards on one node
-    # The same as the engines report it (Ray's metrics export, beside vLLM's).
-    metrics = httpx.get(sharded.engine_metrics_url, timeout=30).text
-    rank_lines = [
-        line for line in metrics.splitlines()
-        if line.startswith("ray_llmplat_engine_rank_info{") and f'model="{PP}"' in line
-    ]
-    assert len(rank_lines) == 2
+    # The same as the engines report it (Ray's metrics export, beside vLLM's, on the node
+    # that runs the replica: the head's port or the worker's).
+    rank_lines: list[str] = []
+    deadline = time.monotonic() + 60  # re-recorded at each health check (every 10 s)
+    while len(rank_lines) < 2 and time.monotonic() < deadline:
+        time.sleep(2)
+        rank_lines = [
+            line
+            for url in _metrics_urls(sharded)
+            for line in httpx.get(url, timeout=30).text.splitlines()
+            if line.startswith("ray_llmplat_engine_rank_info{") and f'model="{PP}"' in line
+        ]
+    assert len(rank_lines) == 2, rank_lines
     for r in pp["ranks"]:
         assert any(f'rank="{r["rank"]}"' in line and f'node="{r["node"]}"' in line
                    for line in rank_lines), rank_lines
@@ -210,6 +223,17 @@ def test_ranks_sit_where_the_profiles_ask(sharded) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert f"{PP} replica " in out.stdout and "(stage 1, shard 0) on " in out.stdout
+
+
+def _metrics_urls(sharded: Sharded) -> list[str]:
+    """The head's engine metrics port and each worker node's (its `ray start` line)."""
+    urls = [sharded.engine_metrics_url]
+    for child in psutil.Process(sharded.proc.pid).children(recursive=True):
+        cmd = child.cmdline()
+        if "ray.scripts.scripts" in " ".join(cmd) and "--metrics-export-port" in cmd:
+            port = cmd[cmd.index("--metrics-export-port") + 1]
+            urls.append(f"http://127.0.0.1:{port}/metrics")
+    return urls
 
 
 def _worker_raylet(sharded: Sharded) -> psutil.Process:
@@ -250,9 +274,11 @@ async def test_a_dead_node_fails_its_requests_and_the_replica_comes_back(sharded
     print(f"\nnode killed: streams ended {ended_s:.1f} s later: {results}")
     for outcome, chunks in results:
         assert outcome != "finished" and chunks > 0, results  # cut with an error, not a hang
-    # Nothing stays in flight for the team.
-    usage = (await asyncio.to_thread(sharded.admin, "/admin/teams/dev/usage")).json()["usage"][0]
+    # Nothing stays in flight, and the cut streams are billed what they delivered, not the
+    # 3,000 tokens each reserved.
+    usage = (await asyncio.to_thread(sharded.usage)).json()["usage"][0]
     assert usage["in_flight"] == 0, usage
+    assert usage["tokens_this_minute"] < 3 * 3000, usage
     # The platform says which model is down and why, then brings it back.
     saw_down = False
     deadline = time.monotonic() + 600

@@ -83,6 +83,8 @@ class SignalingVLLMEngine(VLLMEngine):
         self._node_watch: asyncio.Task[None] | None = None
         self.lost: str | None = None
         """Why the engine can no longer serve (a node of its placement group died)."""
+        self._rank_gauge: Any = None
+        self._rank_tags: list[dict[str, str]] = []
 
     def _prepare_engine_config(self, callback_ctx: Any) -> Any:
         self._place(callback_ctx.placement_group)
@@ -158,23 +160,29 @@ class SignalingVLLMEngine(VLLMEngine):
         except RuntimeError:  # not inside a Serve replica (engine tests)
             replica = "-"
         # Kept on the engine: Ray reads a gauge's values from the object while it lives.
-        self._rank_gauge = gauge = Gauge(
+        self._rank_gauge = Gauge(
             RANK_METRIC,
             description="1 per engine rank: the node holding that rank (stage, shard).",
             tag_keys=("model", "replica", "rank", "stage", "shard", "node"),
         )
-        for p in self.placement:
-            gauge.set(
-                1,
-                tags={
-                    "model": self.llm_config.model_id,
-                    "replica": replica,
-                    "rank": str(p.rank.rank),
-                    "stage": str(p.rank.stage),
-                    "shard": str(p.rank.shard),
-                    "node": p.node_name,
-                },
-            )
+        self._rank_tags = [
+            {
+                "model": self.llm_config.model_id,
+                "replica": replica,
+                "rank": str(p.rank.rank),
+                "stage": str(p.rank.stage),
+                "shard": str(p.rank.shard),
+                "node": p.node_name,
+            }
+            for p in self.placement
+        ]
+        self._record_placement()
+
+    def _record_placement(self) -> None:
+        # Set again on every health check: Ray drops the values a process records before
+        # its metrics exporter has connected (the first seconds of a replica).
+        for tags in self._rank_tags:
+            self._rank_gauge.set(1, tags=tags)
 
     async def _watch_nodes(self, runs: list[tuple[int, Any]]) -> None:
         """A further node's ranks end only when that node (or its workers) died: the engine
@@ -202,6 +210,8 @@ class SignalingVLLMEngine(VLLMEngine):
     async def check_health(self) -> None:
         if self.lost:
             raise RuntimeError(f"engine lost: {self.lost}")
+        if self._rank_gauge is not None:
+            self._record_placement()
         await super().check_health()
 
     async def shutdown(self) -> None:
