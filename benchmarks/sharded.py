@@ -79,11 +79,13 @@ async def _stream(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> li
 
 
 async def measure(url: str, key: str, model: str, streams: int, max_tokens: int) -> dict:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
-    await _stream(client, model, 8)  # warm
-    t0 = time.monotonic()
-    stamps = await asyncio.gather(*(_stream(client, model, max_tokens) for _ in range(streams)))
-    elapsed = time.monotonic() - t0
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
+        await _stream(client, model, 8)  # warm
+        t0 = time.monotonic()
+        stamps = await asyncio.gather(
+            *(_stream(client, model, max_tokens) for _ in range(streams))
+        )
+        elapsed = time.monotonic() - t0
     tokens = streams * max_tokens
     gaps = [b - a for s in stamps for a, b in zip(s, s[1:], strict=False)]
     return {

@@ -320,9 +320,14 @@ class ModelProfile(_Strict):
                     "(vLLM-CPU allocates a later stage's input buffer only when it compiles)"
                 )
             if eng.enable_expert_parallel:
+                # vLLM-CPU's CPUUnquantizedExperts.apply (fused_moe/experts/cpu_moe.py) ignores
+                # the expert map and hands global expert ids to cpu_fused_moe, which indexes
+                # a rank's local experts with them and segfaults on the first forward pass
+                # (README > Multi-node layouts on one machine).
                 raise ValueError(
-                    "enable_expert_parallel needs kind 'gpu' (it crashes vLLM-CPU); "
-                    "plan and validate it here, run it on GPUs"
+                    "enable_expert_parallel needs kind 'gpu': vLLM-CPU's fused-MoE kernel "
+                    "crashes with it (it is handed global expert ids for a rank's local "
+                    "experts); plan and validate it here, run it on GPUs"
                 )
             if eng.quantization == "fp8":
                 raise ValueError("fp8 quantization needs kind 'gpu'")
