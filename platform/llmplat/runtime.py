@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmplat.engine.placement_status import REPLICA_PG_PREFIX
 from llmplat.local_cluster import (
     LOCAL_HEAD_RESOURCE,
     LocalClusterError,
@@ -264,7 +265,7 @@ def start_platform(
             [serve.RunTarget(target=build_application(), name=APP_NAME, route_prefix="/")],
             wait_for_applications_running=False,
         )
-        _wait_ready(url, ready_timeout_s, say)
+        _wait_ready(url, ready_timeout_s, say, local=not settings.ray_address)
     except BaseException:
         running.shutdown()
         raise
@@ -295,7 +296,41 @@ def _deploy_summary() -> str:
     )
 
 
-def _wait_ready(url: str, timeout_s: float, say: Callable[[str], None]) -> None:
+def unplaceable_replicas(table: dict[str, dict[str, Any]], alive_nodes: int) -> list[str]:
+    """Why each model replica's placement group can never be placed, from Ray's
+    ``placement_group_table``: Ray found its bundles and strategy infeasible on the nodes
+    there are. Only for a local cluster: there no node will be added (an autoscaling
+    cluster would start one)."""
+    out = []
+    for pg in table.values():
+        name = pg.get("name") or ""
+        stats = pg.get("stats") or {}
+        if not name.startswith(REPLICA_PG_PREFIX) or pg.get("state") != "PENDING":
+            continue
+        if stats.get("scheduling_state") != "INFEASIBLE":
+            continue
+        deployment = name.removeprefix(REPLICA_PG_PREFIX).split("#")[1:2] or ["?"]
+        bundles = list((pg.get("bundles") or {}).values())
+        out.append(
+            f"{deployment[0]}: {len(bundles)} bundle(s) {bundles[:1]} with strategy "
+            f"{pg.get('strategy')} cannot be placed on {alive_nodes} node(s); a layout over "
+            "more nodes needs `llmplat serve --nodes N` (LLMPLAT_LOCAL__NODES)"
+        )
+    return out
+
+
+def _local_placement_failure() -> str | None:
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    reasons = unplaceable_replicas(placement_group_table(), alive)
+    return "; ".join(reasons) or None
+
+
+def _wait_ready(
+    url: str, timeout_s: float, say: Callable[[str], None], *, local: bool = False
+) -> None:
     deadline = time.monotonic() + timeout_s
     last_note = 0.0
     while time.monotonic() < deadline:
@@ -305,7 +340,7 @@ def _wait_ready(url: str, timeout_s: float, say: Callable[[str], None]) -> None:
                     return
         except (urllib.error.URLError, OSError, TimeoutError):
             pass
-        failure = _deploy_failure()
+        failure = _deploy_failure() or (_local_placement_failure() if local else None)
         if failure:
             raise PlatformStartError(failure)
         if time.monotonic() - last_note > 15:

@@ -12,12 +12,12 @@ from prometheus_client import start_http_server
 from ray import serve
 
 from llmplat.autoscaling.report import KvStore
+from llmplat.engine.placement_status import deployment_name, live_placements
 from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import ServeBackend
 from llmplat.gateway.state import GatewayConfig
 from llmplat.serving.ingress_socket import reuse_address_for_direct_ingress
-from llmplat.serving.placement_status import deployment_name, live_placements
 from llmplat.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmplat.cli_status import placement_lines
-from llmplat.serving.placement_status import (
+from llmplat.engine.placement_status import (
     MODEL_DEPLOYMENT_CLASS,
     deployment_name,
     replica_placements,
@@ -66,3 +66,21 @@ def test_tensor_parallel_ranks_are_shards_of_one_stage() -> None:
                       {0: "aaaa1111", 1: "aaaa1111"})}
     (entry,) = replica_placements({DEP: 2}, table, NODES)[DEP]
     assert [(r["stage"], r["shard"]) for r in entry["ranks"]] == [(0, 0), (0, 1)]
+
+
+def test_a_local_cluster_refuses_to_wait_for_a_replica_it_can_never_place() -> None:
+    from llmplat.runtime import unplaceable_replicas
+
+    table = {
+        "1": _pg(f"SERVE_REPLICA::llmplat#{DEP}#r1", "PENDING", {},
+                 stats={"scheduling_state": "INFEASIBLE"}),
+        # waiting for resources another replica holds: it may still be placed
+        "2": _pg(f"SERVE_REPLICA::llmplat#{DEP}#r2", "PENDING", {},
+                 stats={"scheduling_state": "NO_RESOURCES"}),
+        "3": _pg(f"SERVE_REPLICA::llmplat#{DEP}#r3", "CREATED", {0: "aaaa1111"}),
+    }
+    assert unplaceable_replicas(table, 1) == [
+        f"{DEP}: 2 bundle(s) [{{'CPU': 0.001}}] with strategy STRICT_SPREAD cannot be placed "
+        "on 1 node(s); a layout over more nodes needs `llmplat serve --nodes N` "
+        "(LLMPLAT_LOCAL__NODES)"
+    ]
