@@ -81,7 +81,9 @@ local function prune(log, tok, cutoff)
       freed = freed + tonumber(redis.call('HGET', tok, 'r:' .. member) or '0')
       redis.call('HDEL', tok, 'r:' .. member)
     end
-    redis.call('HINCRBY', tok, 'sum', -freed)
+    if freed ~= 0 then
+      redis.call('HINCRBY', tok, 'sum', string.format('%d', -freed))
+    end
     redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
   end
 end
@@ -184,7 +186,10 @@ for i = 1, #KEYS, 4 do
   local old = redis.call('HGET', KEYS[i + 1], field)
   if old and redis.call('ZSCORE', KEYS[i], ARGV[3]) then
     redis.call('HSET', KEYS[i + 1], field, ARGV[1])
-    redis.call('HINCRBY', KEYS[i + 1], 'sum', tonumber(ARGV[1]) - tonumber(old))
+    local delta = tonumber(ARGV[1]) - tonumber(old)
+    if delta ~= 0 then
+      redis.call('HINCRBY', KEYS[i + 1], 'sum', string.format('%d', delta))
+    end
   end
   if redis.call('EXISTS', KEYS[i + 2]) == 1 then
     if redis.call('INCRBY', KEYS[i + 2], ARGV[2]) < 0 then
