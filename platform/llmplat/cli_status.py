@@ -197,7 +197,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"teams: the admin API answered {data['admin']} (wrong admin token?)")
     else:
         lines.append(
-            f"{'team':20} {'tokens today':>22} {'req this min':>16} {'tok this min':>20} "
+            f"{'team':20} {'tokens today':>22} {'req last 60 s':>16} {'tok last 60 s':>20} "
             f"{'in flight':>12}"
         )
         for team, u in sorted(data["usage"].items()):
