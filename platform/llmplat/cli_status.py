@@ -2,7 +2,11 @@
 
 Reads ``/readyz`` (models, readiness), ``/admin/status`` (replicas), ``/metrics`` twice a
 second apart (requests in flight, tokens/s, autoscaled models' running/desired replicas and
-last decision) and each team's usage against its quota.
+last decision) and each team's usage against its quota. With a metrics port
+(``LLMPLAT_GATEWAY__METRICS_PORT``, the chart's default) the platform serves ``/metrics``
+there only, so that is where it is read (or from ``--metrics-url``). An endpoint that
+cannot be reached or answers something unexpected ends the command with one line naming
+its URL and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,11 +15,63 @@ import argparse
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmplat.settings import Settings
+
+
+class StatusError(Exception):
+    """An endpoint could not be read: the message is the one line the operator sees."""
+
+
+def metrics_url(url: str, metrics_port: int | None, override: str | None = None) -> str:
+    """Where the platform at ``url`` serves ``/metrics``: its own port when it has one."""
+    if override:
+        return override
+    if metrics_port is None:
+        return url.rstrip("/") + "/metrics"
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme or 'http'}://{host}:{metrics_port}/metrics"
+
+
+def _get(http: httpx.Client, url: str) -> httpx.Response:
+    try:
+        return http.get(url)
+    except httpx.HTTPError as exc:
+        raise StatusError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+
+
+def _json(http: httpx.Client, url: str) -> tuple[int, Any]:
+    """(status, body) of a JSON endpoint."""
+    r = _get(http, url)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        raise StatusError(f"{url} answered HTTP {r.status_code} without JSON") from None
+
+
+def _expect(cond: bool, url: str, what: str) -> None:
+    if not cond:
+        raise StatusError(f"{url} answered unexpected JSON ({what})")
+
+
+def read_metrics(http: httpx.Client, url: str) -> str:
+    """The Prometheus text at ``url``, checked to be llmplat's metrics."""
+    r = _get(http, url)
+    if r.status_code != 200:
+        raise StatusError(f"{url} answered HTTP {r.status_code}, not Prometheus metrics")
+    try:
+        names = [f.name for f in text_string_to_metric_families(r.text)]
+    except Exception as exc:  # the parser raises ValueError, IndexError, ... on non-metrics
+        raise StatusError(f"{url} did not answer Prometheus text ({exc})") from None
+    if not any(name.startswith("llmplat_") for name in names):
+        raise StatusError(f"{url} answered Prometheus text without llmplat metrics")
+    return r.text
 
 
 def _samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -62,35 +118,52 @@ def _fmt_limit(used: int, limit: int | None) -> str:
     return f"{used}" if limit is None else f"{used}/{limit} ({100 * used / limit:.0f}%)"
 
 
-def collect(url: str, admin_token: str | None, interval_s: float = 1.0) -> dict[str, Any]:
+def collect(
+    url: str, admin_token: str | None, interval_s: float = 1.0, metrics: str | None = None
+) -> dict[str, Any]:
+    """Everything ``render`` shows; ``metrics``: the /metrics URL (default: on ``url``).
+    Raises StatusError naming the endpoint that failed."""
+    base = url.rstrip("/")
+    metrics = metrics or f"{base}/metrics"
     headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-    with httpx.Client(base_url=url, timeout=10, headers=headers) as http:
-        ready = http.get("/readyz")
-        before = http.get("/metrics").text
+    with httpx.Client(timeout=10, headers=headers) as http:
+        _, ready = _json(http, f"{base}/readyz")
+        _expect(
+            isinstance(ready, dict) and isinstance(ready.get("models"), dict),
+            f"{base}/readyz",
+            "no models",
+        )
+        before = read_metrics(http, metrics)
         t0 = time.monotonic()
-        status = http.get("/admin/status") if admin_token else None
-        teams = http.get("/admin/teams") if admin_token else None
-        usage = {}
-        if teams is not None and teams.status_code == 200:
-            for t in teams.json()["data"]:
-                r = http.get(f"/admin/teams/{t['name']}/usage")
-                usage[t["name"]] = r.json()["usage"][0] if r.status_code == 200 else None
+        status: Any = None
+        teams_code: int | None = None
+        usage: dict[str, Any] = {}
+        if admin_token:
+            code, body = _json(http, f"{base}/admin/status")
+            status = body.get("deployments") if code == 200 and isinstance(body, dict) else None
+            teams_code, teams = _json(http, f"{base}/admin/teams")
+            if teams_code == 200:
+                _expect(
+                    isinstance(teams, dict) and "data" in teams, f"{base}/admin/teams", "no data"
+                )
+                for t in teams["data"]:
+                    where = f"{base}/admin/teams/{t['name']}/usage"
+                    code, body = _json(http, where)
+                    usage[t["name"]] = body["usage"][0] if code == 200 else None
         time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
-        after = http.get("/metrics").text
-        elapsed = time.monotonic() - t0
+        after = read_metrics(http, metrics)
+        elapsed = max(time.monotonic() - t0, 1e-9)
     tokens_name = "llmplat_completion_tokens_total"
     t_before, t_after = _sum_samples(before, tokens_name), _sum_samples(after, tokens_name)
     return {
-        "ready": ready.json(),
+        "ready": ready,
         "replicas": replicas_by_model(after),
         "decisions": decisions_by_model(after),
         "in_flight": _sum_samples(after, "llmplat_requests_in_flight"),
         "tokens_per_s": {m: (v - t_before.get(m, 0.0)) / elapsed for m, v in t_after.items()},
-        "deployments": status.json()["deployments"]
-        if status is not None and status.is_success
-        else None,
+        "deployments": status,
         "usage": usage,
-        "admin": teams.status_code if teams is not None else None,
+        "admin": teams_code,
     }
 
 
@@ -124,7 +197,7 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"teams: the admin API answered {data['admin']} (wrong admin token?)")
     else:
         lines.append(
-            f"{'team':20} {'tokens today':>22} {'req this min':>16} {'tok this min':>20} "
+            f"{'team':20} {'tokens today':>22} {'req last 60 s':>16} {'tok last 60 s':>20} "
             f"{'in flight':>12}"
         )
         for team, u in sorted(data["usage"].items()):
@@ -161,18 +234,33 @@ def placement_lines(deployments: dict[str, Any]) -> list[str]:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     url = args.url or f"http://{settings.host}:{settings.port}"
+    metrics = metrics_url(url, settings.gateway.metrics_port, args.metrics_url)
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     try:
-        data = collect(url, token, interval_s=args.interval)
-    except httpx.HTTPError as exc:
-        print(f"llmplat: cannot reach the platform at {url}: {exc}", file=sys.stderr)
+        data = collect(url, token, interval_s=args.interval, metrics=metrics)
+        text = render(data)
+    except StatusError as exc:
+        print(f"llmplat status: {exc}", file=sys.stderr)
         return 1
-    print(render(data))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # An answer of the right kind but not the expected shape (another service?).
+        print(
+            f"llmplat status: unexpected answer from the platform at {url} "
+            f"({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
+        return 1
+    print(text)
     return 0 if data["ready"].get("status") == "ready" else 3
 
 
 def add_status_command(sub: Any) -> None:
     p = sub.add_parser("status", help="models, replicas, load and team usage of a running platform")
     p.add_argument("--url", help="platform URL (default http://LLMPLAT_HOST:LLMPLAT_PORT)")
+    p.add_argument(
+        "--metrics-url",
+        help="where to read /metrics (default: the platform URL's host on "
+        "LLMPLAT_GATEWAY__METRICS_PORT when set, else the platform URL)",
+    )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     p.set_defaults(func=cmd_status)

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import MODEL
+from support.platform import free_port
 
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
 pytestmark = [
@@ -97,3 +98,27 @@ def test_llmplat_status_shows_models_replicas_and_team_usage(live) -> None:
     assert model_line.split()[1:3] == ["ready", "1"]  # readiness, replicas
     assert any(line.startswith("ide ") for line in lines)
     assert live.admin_token not in out.stdout + out.stderr
+
+
+def test_llmplat_status_with_a_metrics_port_reads_it_or_says_what_failed(live) -> None:
+    """The issue's setting in the operator's shell: with LLMPLAT_GATEWAY__METRICS_PORT set,
+    status reads /metrics on that port; nothing listening there is one line naming the URL
+    and exit 1, no traceback. ``--metrics-url`` (here the API port, where this platform
+    serves them) gives the same table as without the setting."""
+    closed = free_port()
+    env = {**os.environ, "LLMPLAT_GATEWAY__METRICS_PORT": str(closed)}
+
+    def status(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llmplat", "status", "--url", live.url, *flags],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    failed = status()
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr
+    assert f"127.0.0.1:{closed}/metrics" in failed.stderr
+    shown = status("--metrics-url", f"{live.url}/metrics")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == "platform: ready"
+    assert any(line.startswith(MODEL) for line in shown.stdout.splitlines())

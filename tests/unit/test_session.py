@@ -84,7 +84,7 @@ def test_a_child_killed_by_a_signal_reports_128_plus_the_signal() -> None:
 
 
 def _args(**kw) -> argparse.Namespace:
-    return argparse.Namespace(config=kw.get("config"), port=kw.get("port"))
+    return argparse.Namespace(config=kw.get("config"), port=kw.get("port"), nodes=kw.get("nodes"))
 
 
 def test_serve_command_repeats_the_options() -> None:
@@ -95,6 +95,7 @@ def test_serve_command_repeats_the_options() -> None:
         "--port",
         "8123",
     ]
+    assert serve_command(_args(nodes=2))[-2:] == ["--nodes", "2"]
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,9 @@ def issued_view(issued: IssuedKey) -> dict[str, Any]:
 
 
 def usage_view(usage: ScopeUsage) -> dict[str, Any]:
+    """One scope's usage as /v1/usage and the admin API show it: the ``*_this_minute``
+    counts are those of the last 60 s (the sliding window the per-minute limits hold
+    over), ``minute_resets_in_s`` is when they are back to zero."""
     return {
         "scope": usage.scope,
         "limits": usage.limits.model_dump(),

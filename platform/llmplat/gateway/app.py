@@ -237,7 +237,13 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         reason = getattr(err, "quota_reason", None)
         if reason is not None and principal is not None:
             state.metrics.rejected(principal.team, reason)
-        if life.admitted is None and principal is not None and err.status != 429:
+        if (
+            life.admitted is None
+            and principal is not None
+            and not any(h.startswith("x-ratelimit-") for h in err.headers)
+        ):
+            # Every answer to an authenticated caller carries its limits, whichever path
+            # refused it (validation, the pre-check, admission itself).
             headers.update(await state.quotas.headers_for(principal))
         err.headers = {**headers, **err.headers}
         record.error_code = err.code or err.type

@@ -1,40 +1,87 @@
-"""In-process quota store: exact for one gateway replica (the default)."""
+"""In-process quota store: exact for one gateway replica (the default).
+
+The sliding-window log of each scope (see ``quotas.model``) is a dict of entries plus a
+heap ordered by time for pruning; the day's tokens and the in-flight leases as before.
+"""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmplat.quotas.model import (
+    WINDOW_S,
     Admission,
-    LimitState,
-    QuotaExceeded,
+    Counts,
     QuotaStore,
     Reservation,
     Scope,
     ScopeUsage,
-    tightest,
-    windows,
+    admitted,
+    day_window,
+    exceeded,
+    first_refusal,
+    usage_of,
+    window_reset,
 )
 
 
 @dataclass
+class _Entry:
+    at: float
+    tokens: int
+
+
+@dataclass
 class _Counters:
-    minute: int = -1
-    requests: int = 0
-    minute_tokens: int = 0
+    log: dict[str, _Entry] = field(default_factory=dict)
+    """reservation id → its entry in the sliding window."""
+    by_time: list[tuple[float, str]] = field(default_factory=list)
+    """Heap of (time, reservation id) of the log's entries."""
+    tokens: int = 0
+    """Sum of the log's tokens."""
+    newest: float | None = None
     day: int = -1
     day_tokens: int = 0
     in_flight: dict[str, float] = field(default_factory=dict)
     """reservation id → lease expiry."""
 
-    def roll(self, minute: int, day: int, now: float) -> None:
-        if minute != self.minute:
-            self.minute, self.requests, self.minute_tokens = minute, 0, 0
+    def roll(self, now: float, day: int) -> None:
+        cutoff = now - WINDOW_S
+        while self.by_time and self.by_time[0][0] <= cutoff:
+            _, rid = heapq.heappop(self.by_time)
+            entry = self.log.pop(rid, None)
+            if entry is not None:
+                self.tokens -= entry.tokens
+        if not self.log:
+            self.newest = None
         if day != self.day:
             self.day, self.day_tokens = day, 0
         for rid in [r for r, exp in self.in_flight.items() if exp <= now]:
             del self.in_flight[rid]
+
+    def counts(self) -> Counts:
+        return Counts(len(self.log), self.tokens, self.day_tokens, len(self.in_flight), self.newest)
+
+    def add(self, rid: str, now: float, tokens: int, lease_expiry: float) -> None:
+        self.log[rid] = _Entry(now, tokens)
+        heapq.heappush(self.by_time, (now, rid))
+        self.tokens += tokens
+        self.newest = now if self.newest is None else max(self.newest, now)
+        self.day_tokens += tokens
+        self.in_flight[rid] = lease_expiry
+
+    def window_retry(self, reason: int, limit: int, want: int, now: float) -> float:
+        """Seconds until enough entries slide out for ``want`` more of ``reason`` (0:
+        requests, 1: tokens) to fit under ``limit``; when it never fits, until the window is
+        empty."""
+        left = len(self.log) if reason == 0 else self.tokens
+        for entry in sorted(self.log.values(), key=lambda e: e.at):
+            left -= 1 if reason == 0 else entry.tokens
+            if left + want <= limit:
+                return WINDOW_S - (now - entry.at)
+        return window_reset(now, self.newest)
 
 
 class MemoryQuotaStore(QuotaStore):
@@ -43,87 +90,45 @@ class MemoryQuotaStore(QuotaStore):
     def __init__(self) -> None:
         self._scopes: dict[str, _Counters] = {}
 
-    def _counters(self, name: str, minute: int, day: int, now: float) -> _Counters:
+    def _counters(self, name: str, now: float) -> _Counters:
         c = self._scopes.setdefault(name, _Counters())
-        c.roll(minute, day, now)
+        c.roll(now, day_window(now)[0])
         return c
 
     async def reserve(
         self, scopes: Sequence[Scope], tokens: int, now: float, lease_s: float, reservation_id: str
     ) -> Admission:
-        minute, day, minute_left, day_left = windows(now)
-        counters = [self._counters(s.name, minute, day, now) for s in scopes]
-        req_states: list[LimitState] = []
-        tok_states: list[LimitState] = []
-        for scope, c in zip(scopes, counters, strict=True):
-            lim = scope.limits
-            if lim.requests_per_minute is not None:
-                req_states.append(
-                    LimitState(
-                        lim.requests_per_minute, lim.requests_per_minute - c.requests, minute_left
-                    )
-                )
-            if lim.tokens_per_minute is not None:
-                tok_states.append(
-                    LimitState(
-                        lim.tokens_per_minute, lim.tokens_per_minute - c.minute_tokens, minute_left
-                    )
-                )
-        for scope, c in zip(scopes, counters, strict=True):
-            self._check(scope, c, tokens, minute_left, day_left, req_states, tok_states)
+        counters = [self._counters(s.name, now) for s in scopes]
+        counts = [c.counts() for c in counters]
+        refusal = first_refusal(scopes, counts, tokens)
+        if refusal is not None:
+            i, j = refusal
+            retry = 0.0
+            if j in (0, 1):
+                limit = scopes[i].limit_values()[j]
+                assert limit is not None
+                retry = counters[i].window_retry(j, limit, 1 if j == 0 else tokens, now)
+            raise exceeded(scopes, counts, refusal, tokens, now, retry)
         for c in counters:
-            c.requests += 1
-            c.minute_tokens += tokens
-            c.day_tokens += tokens
-            c.in_flight[reservation_id] = now + lease_s
-        res = Reservation(reservation_id, tuple(s.name for s in scopes), tokens, minute, day)
-        return Admission(
-            res,
-            tightest([LimitState(s.limit, s.remaining - 1, s.reset_s) for s in req_states]),
-            tightest([LimitState(s.limit, s.remaining - tokens, s.reset_s) for s in tok_states]),
+            c.add(reservation_id, now, tokens, now + lease_s)
+        res = Reservation(
+            reservation_id, tuple(s.name for s in scopes), tokens, now, day_window(now)[0]
         )
-
-    @staticmethod
-    def _check(
-        scope: Scope,
-        c: _Counters,
-        tokens: int,
-        minute_left: float,
-        day_left: float,
-        req_states: list[LimitState],
-        tok_states: list[LimitState],
-    ) -> None:
-        lim = scope.limits
-        checks = (
-            ("requests_per_minute", lim.requests_per_minute, c.requests, 1, minute_left),
-            ("tokens_per_minute", lim.tokens_per_minute, c.minute_tokens, tokens, minute_left),
-            ("tokens_per_day", lim.tokens_per_day, c.day_tokens, tokens, day_left),
-            ("concurrent_requests", lim.concurrent_requests, len(c.in_flight), 1, 1.0),
-        )
-        for reason, limit, used, want, retry in checks:
-            if limit is not None and used + want > limit:
-                raise QuotaExceeded(
-                    scope.name,
-                    reason,  # type: ignore[arg-type]
-                    limit,
-                    used,
-                    want,
-                    retry,
-                    tightest(req_states),
-                    tightest(tok_states),
-                )
+        return admitted(res, scopes, counts, now)
 
     async def settle(self, reservation: Reservation, actual_tokens: int, now: float) -> None:
-        delta = max(actual_tokens, 0) - reservation.tokens
+        actual = max(actual_tokens, 0)
         for name in reservation.scopes:
             c = self._scopes.get(name)
             if c is None:
                 continue
             c.in_flight.pop(reservation.id, None)
-            if c.minute == reservation.minute:
-                c.minute_tokens = max(c.minute_tokens + delta, 0)
+            entry = c.log.get(reservation.id)
+            if entry is not None:
+                c.tokens += actual - entry.tokens
+                entry.tokens = actual
             if c.day == reservation.day:
-                c.day_tokens = max(c.day_tokens + delta, 0)
+                c.day_tokens = max(c.day_tokens + actual - reservation.tokens, 0)
 
     async def renew(self, reservation: Reservation, now: float, lease_s: float) -> None:
         for name in reservation.scopes:
@@ -132,15 +137,4 @@ class MemoryQuotaStore(QuotaStore):
                 c.in_flight[reservation.id] = now + lease_s
 
     async def usage(self, scope: Scope, now: float) -> ScopeUsage:
-        minute, day, minute_left, day_left = windows(now)
-        c = self._counters(scope.name, minute, day, now)
-        return ScopeUsage(
-            scope.name,
-            scope.limits,
-            c.requests,
-            c.minute_tokens,
-            c.day_tokens,
-            len(c.in_flight),
-            minute_left,
-            day_left,
-        )
+        return usage_of(scope, self._counters(scope.name, now).counts(), now)

@@ -115,8 +115,12 @@ class QuotaService:
     async def precheck(self, principal: Principal) -> None:
         """Refuse, before the body is even read, a caller whose requests-per-minute or
         concurrency limit this replica found reached: a key at its limit costs no parsing
-        or tokenization. Exact, not a guess: a minute's request count never falls, and a
-        concurrency hint is confirmed against the store (freed slots admit at once)."""
+        or tokenization. Exact, not a guess: a sliding window's request count falls only
+        when entries slide out, and none that blocked the refused request does before the
+        refusal's retry time; a concurrency hint is confirmed against the store (freed
+        slots admit at once). The refusal carries no ``x-ratelimit-*`` headers: the
+        caller adds them from ``headers_for``, as for every response refused before
+        admission."""
         if not self._exhausted:
             return
         now = self.clock()
@@ -167,7 +171,8 @@ class QuotaService:
             self.on_store_error(operation)
 
     async def headers_for(self, principal: Principal) -> dict[str, str]:
-        """Rate-limit headers from current counters (responses refused before admission)."""
+        """Rate-limit headers from current counters, for a response refused before
+        admission (a 4xx, a pre-check 429); empty when the store cannot be read."""
         try:
             usages = await self.usage(principal)
         except Exception:

@@ -163,29 +163,110 @@ async def _eventually(probe, timeout_s: float = 5.0) -> None:
 # --- quotas ---------------------------------------------------------------------------
 
 
-async def test_rate_limit_headers_on_every_response(http, make_key, clock) -> None:
-    key = await make_key(limits={"requests_per_minute": 5, "tokens_per_minute": 1000})
-    r = await http.post(
-        "/v1/completions",
-        json={"model": MODEL, "prompt": "a b", "max_tokens": 3},
-        headers=auth(key),
+def _limits_of(r: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in r.headers.items() if k.startswith("x-ratelimit-")}
+
+
+def _state(requests: tuple[int, int, str], tokens: tuple[int, int, str] | None) -> dict:
+    out = {}
+    for kind, state in (("requests", requests), ("tokens", tokens)):
+        if state is not None:
+            limit, remaining, reset = state
+            out[f"x-ratelimit-limit-{kind}"] = str(limit)
+            out[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            out[f"x-ratelimit-reset-{kind}"] = reset
+    return out
+
+
+async def test_rate_limit_headers_on_every_response_whatever_refused_it(
+    http, make_key, clock, state
+) -> None:
+    """200, 4xx before admission, and every 429 path (admission: requests, tokens, too
+    large, concurrency; the pre-check before the body is read: requests, concurrency)
+    carry the caller's x-ratelimit-* headers, exactly."""
+    # Token numbers fit the fixture model's 256-token context.
+    key = await make_key(limits={"requests_per_minute": 3, "tokens_per_minute": 250})
+    start = clock.now
+
+    async def post(body: object) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await http.post("/v1/completions", content=content, headers=auth(key))
+
+    ok = await post({"model": MODEL, "prompt": "a b", "max_tokens": 3})
+    assert ok.status_code == 200
+    # Reserved at admission: the prompt as the model's tokenizer counts it + max_tokens; a
+    # fresh entry counts for the next 60 s.
+    assert _limits_of(ok) == _state((3, 2, "1m0s"), (250, 250 - _v3_count("a b") - 3, "1m0s"))
+    billed = ok.json()["usage"]["total_tokens"]
+
+    clock.now = start + 10  # 4xx after authentication, before admission: from the counters
+    bad = await post({"model": MODEL})
+    assert bad.status_code == 400
+    assert _limits_of(bad) == _state((3, 2, "50s"), (250, 250 - billed, "50s"))
+    unknown = await post({"model": "no-such-model", "prompt": "x"})
+    assert unknown.status_code == 404
+    assert _limits_of(unknown) == _limits_of(bad)
+
+    clock.now = start + 20  # admission refuses on tokens: they free when the first entry leaves
+    tokens = await post({"model": MODEL, "prompt": "x", "max_tokens": 246})
+    assert (tokens.status_code, tokens.json()["error"]["code"]) == (429, "rate_limit_exceeded")
+    assert "tokens per minute" in tokens.json()["error"]["message"]
+    assert _limits_of(tokens) == _state((3, 2, "40s"), (250, 250 - billed, "40s"))
+    assert tokens.headers["retry-after"] == "40"
+    too_large = await post({"model": MODEL, "prompt": "x", "max_tokens": 252})
+    assert too_large.json()["error"]["code"] == "request_too_large"
+    assert _limits_of(too_large) == _limits_of(tokens)
+    assert "retry-after" not in too_large.headers
+
+    clock.now = start + 30
+    for _ in range(2):
+        ok = await post({"model": MODEL, "prompt": "x", "max_tokens": 1})
+        billed += ok.json()["usage"]["total_tokens"]
+    assert ok.status_code == 200
+    assert _limits_of(ok)["x-ratelimit-remaining-requests"] == "0"
+
+    clock.now = start + 40  # admission refuses on requests: the first entry leaves at +60
+    first = await post({"model": MODEL, "prompt": "x", "max_tokens": 1})
+    expected = _state((3, 0, "50s"), (250, 250 - billed, "50s"))
+    assert (first.status_code, first.headers["retry-after"]) == (429, "20")
+    assert _limits_of(first) == expected
+    # Refused again by the pre-check, before the body is read: not even JSON gets a 400.
+    again = await post(b"not json")
+    assert (again.status_code, again.headers["retry-after"]) == (429, "20")
+    assert "requests per minute" in again.json()["error"]["message"]
+    assert _limits_of(again) == expected
+
+    # Concurrency: admission refuses, then the pre-check (confirmed against the store).
+    state.config = dataclasses.replace(state.config, request_timeout_s=2.0)
+    busy = await make_key("busy", limits={"requests_per_minute": 10, "concurrent_requests": 1})
+    hanging = asyncio.create_task(
+        http.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": f"x {HANG}", "max_tokens": 1},
+            headers=auth(busy),
+        )
     )
-    assert r.status_code == 200
-    h = r.headers
-    assert h["x-ratelimit-limit-requests"] == "5"
-    assert h["x-ratelimit-remaining-requests"] == "4"
-    assert h["x-ratelimit-reset-requests"] == "50s"
-    assert h["x-ratelimit-limit-tokens"] == "1000"
-    # Reserved at admission: the prompt as the model's tokenizer counts it + max_tokens.
-    prompt = _v3_count("a b")
-    assert h["x-ratelimit-remaining-tokens"] == str(1000 - prompt - 3)
-    assert h["x-ratelimit-reset-tokens"] == "50s"
-    bad = await http.post("/v1/completions", json={"model": MODEL}, headers=auth(key))
-    assert bad.status_code == 400 and bad.headers["x-ratelimit-limit-requests"] == "5"
-    assert bad.headers["x-ratelimit-limit-tokens"] == "1000"  # refused before admission too
+
+    async def in_flight() -> None:
+        (team,) = (await http.get("/v1/usage", headers=auth(busy))).json()["usage"]
+        assert team["in_flight"] == 1
+
+    await _eventually(in_flight)
+    clock.now = start + 45
+    refusals = [
+        await http.post("/v1/completions", content=body, headers=auth(busy))
+        for body in (json.dumps({"model": MODEL, "prompt": "x"}).encode(), b"not json")
+    ]
+    for r in refusals:
+        assert (r.status_code, r.headers["retry-after"]) == (429, "1")
+        assert "concurrent requests" in r.json()["error"]["message"]
+        assert _limits_of(r) == _state((10, 9, "55s"), None)
+    timed_out = await hanging  # an error after admission keeps the admission's headers
+    assert timed_out.status_code == 504
+    assert _limits_of(timed_out) == _state((10, 9, "1m0s"), None)
 
 
-async def test_requests_per_minute_429_with_retry_after_then_window_resets(
+async def test_requests_per_minute_429_with_retry_after_then_window_slides(
     http, make_key, clock
 ) -> None:
     client = client_for(http, await make_key(limits={"requests_per_minute": 2}))
@@ -193,10 +274,14 @@ async def test_requests_per_minute_429_with_retry_after_then_window_resets(
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
     with pytest.raises(openai.RateLimitError) as exc:
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
-    assert exc.value.response.headers["retry-after"] == "50"
+    assert exc.value.response.headers["retry-after"] == "60"  # 60 s after the first
     assert exc.value.body["code"] == "rate_limit_exceeded"
     assert "requests per minute" in exc.value.message
-    clock.now += 50  # the next minute
+    clock.now += 50  # the next clock minute: still within 60 s of both
+    with pytest.raises(openai.RateLimitError) as exc:
+        await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert exc.value.response.headers["retry-after"] == "10"
+    clock.now += 10  # 60 s after them: both have slid out
     await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
 
 
@@ -214,7 +299,8 @@ async def test_tokens_reserved_at_admission_settle_to_usage(http, make_key, cloc
         "tokens_per_day": 50_000,
         "concurrent_requests": None,
     }
-    assert (team["minute_resets_in_s"], team["day_resets_in_s"]) == (49.877, 57_589.877)
+    # The window is empty 60 s after its newest request; the day at UTC midnight.
+    assert (team["minute_resets_in_s"], team["day_resets_in_s"]) == (59.877, 57_589.877)
     # The gateway bills what the engine reports (the fake counts words).
     assert team["tokens_this_minute"] == resp.usage.total_tokens == 3 + 7
     assert team["tokens_today"] == resp.usage.total_tokens
@@ -291,7 +377,7 @@ async def test_request_larger_than_token_limit_says_so(http, make_key, clock) ->
 @pytest.mark.parametrize(
     ("limit", "retry_after", "words"),
     [
-        ("tokens_per_minute", "50", "tokens per minute"),  # 49.6 s to the minute, rounded up
+        ("tokens_per_minute", "60", "tokens per minute"),  # when the first request slides out
         ("tokens_per_day", "57590", "tokens per day"),  # to midnight UTC, rounded up
     ],
 )

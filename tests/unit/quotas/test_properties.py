@@ -5,17 +5,20 @@ plain reference model, and checks after every step that
 
 * both stores make the same decision (same Admission, or same QuotaExceeded fields);
 * the decision is the model's: admitted exactly when every limit of every scope has room;
-* no window ever admits more requests than its limit, and no admission takes a counter
-  past its limit;
+* a refusal's retry_after_s is the model's: when enough of the sliding window frees;
+* no admission takes a counter past its limit, and **no 60 s span admits more than the
+  per-minute limit**: at most ``requests_per_minute`` admissions in any ``[s, s + 60)``, and
+  their tokens (as finally billed) at most ``tokens_per_minute`` plus what settlements
+  billed beyond the reservations (a request can only be refused before it runs);
 * the counters equal the settled actual tokens plus the outstanding reservations of the
-  current window, and the in-flight count equals the unexpired, unsettled reservations.
+  last 60 s (and of the UTC day), and the in-flight count equals the unexpired, unsettled
+  reservations.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, event, given, settings
@@ -30,7 +33,8 @@ from llmplat.quotas.model import (
     Reservation,
     Scope,
     ScopeUsage,
-    windows,
+    day_window,
+    window_reset,
 )
 from llmplat.quotas.redis_store import RedisQuotaStore
 from support.redis_server import RedisServer
@@ -67,7 +71,8 @@ advance_st = st.tuples(
     st.just("advance"),
     st.one_of(
         st.floats(0, 12, allow_nan=False),
-        st.sampled_from(["minute", "midnight"]),  # exactly onto the next boundary
+        st.floats(0, 0.5, allow_nan=False),  # bursts
+        st.sampled_from(["minute", "midnight", "edge"]),  # onto / just before a boundary
     ),
 )
 ops_st = st.lists(
@@ -93,15 +98,57 @@ class Model:
     def __init__(self) -> None:
         self.booked: list[Booked] = []
 
+    def window(self, scope: str, now: float) -> list[Booked]:
+        """The scope's reservations that still count at ``now``: made in the last 60 s."""
+        return sorted(
+            (b for b in self.booked if scope in b.res.scopes and b.res.at > now - 60),
+            key=lambda b: b.res.at,
+        )
+
     def usage(self, scope: str, now: float) -> tuple[int, int, int, int]:
-        minute, day, _, _ = windows(now)
+        day = day_window(now)[0]
         mine = [b for b in self.booked if scope in b.res.scopes]
+        window = self.window(scope, now)
         return (
-            sum(1 for b in mine if b.res.minute == minute),
-            sum(b.contribution() for b in mine if b.res.minute == minute),
+            len(window),
+            sum(b.contribution() for b in window),
             sum(b.contribution() for b in mine if b.res.day == day),
             sum(1 for b in mine if b.actual is None and b.expiry > now),
         )
+
+    def reset(self, scope: str, now: float) -> float:
+        window = self.window(scope, now)
+        return window_reset(now, window[-1].res.at if window else None)
+
+    def retry_after(self, scope: Scope, reason: str, tokens: int, now: float) -> float:
+        """When enough of the window slides out for the refused request to fit."""
+        if reason == "tokens_per_day":
+            return day_window(now)[1]
+        if reason == "concurrent_requests":
+            return 1.0
+        window = self.window(scope.name, now)
+        per = (lambda b: 1) if reason == "requests_per_minute" else Booked.contribution
+        want = 1 if reason == "requests_per_minute" else tokens
+        limit = getattr(scope.limits, reason)
+        left = sum(per(b) for b in window)
+        for b in window:
+            left -= per(b)
+            if left + want <= limit:
+                return 60 - (now - b.res.at)
+        return self.reset(scope.name, now)
+
+    def check_spans(self, scope: Scope) -> None:
+        """No span [s, s + 60) admitted more than the per-minute limits."""
+        mine = sorted(
+            (b for b in self.booked if scope.name in b.res.scopes), key=lambda b: b.res.at
+        )
+        rpm, tpm = scope.limits.requests_per_minute, scope.limits.tokens_per_minute
+        for i, first in enumerate(mine):
+            span = [b for b in mine[i:] if b.res.at < first.res.at + 60]
+            assert rpm is None or len(span) <= rpm, (scope.name, first.res.at, len(span))
+            billed = sum(b.contribution() for b in span)
+            overrun = sum(max(b.contribution() - b.res.tokens, 0) for b in span)
+            assert tpm is None or billed <= tpm + overrun, (scope.name, first.res.at, billed)
 
     def refusal(self, scopes: list[Scope], tokens: int, now: float) -> tuple[str, str] | None:
         for scope in scopes:
@@ -159,7 +206,6 @@ async def test_stores_agree_with_the_model(
     )
     stores: tuple[QuotaStore, QuotaStore] = (memory, redis_store)
     model = Model()
-    admitted_per_window: Counter[tuple[str, int]] = Counter()
     now = DAY0 + 86_400 - start_before_midnight
     try:
         for n, op in enumerate(ops):
@@ -168,6 +214,8 @@ async def test_stores_agree_with_the_model(
                     now = (math.floor(now / 60) + 1) * 60.0
                 elif op[1] == "midnight":
                     now = (math.floor(now / 86_400) + 1) * 86_400.0
+                elif op[1] == "edge":  # half a second before the next clock minute
+                    now = max(now, (math.floor(now / 60) + 1) * 60.0 - 0.5)
                 else:
                     now += op[1]
             elif op[0] == "reserve":
@@ -180,11 +228,10 @@ async def test_stores_agree_with_the_model(
                 if expected is None:
                     assert isinstance(results[0], Admission), (op, results[0])
                     res = results[0].reservation
+                    assert res.at == now
                     model.booked.append(Booked(res, now + lease_s))
                     for scope in scopes:
-                        admitted_per_window[(scope.name, res.minute)] += 1
-                        rpm = scope.limits.requests_per_minute
-                        assert rpm is None or admitted_per_window[(scope.name, res.minute)] <= rpm
+                        model.check_spans(scope)
                         counters = model.usage(scope.name, now)
                         for field, value in zip(LIMIT_FIELDS, counters, strict=True):
                             limit = getattr(scope.limits, field)
@@ -192,12 +239,15 @@ async def test_stores_agree_with_the_model(
                 else:
                     assert isinstance(results[0], QuotaExceeded), (op, expected)
                     assert (results[0].scope, results[0].reason) == expected
+                    failed = next(s for s in scopes if s.name == expected[0])
+                    want = model.retry_after(failed, expected[1], tokens, now)
+                    assert math.isclose(results[0].retry_after_s, want, abs_tol=1e-9), op
             else:
                 outstanding = [b for b in model.booked if b.actual is None]
                 if not outstanding:
                     continue
                 booked = outstanding[op[1] % len(outstanding)]
-                event("settled late" if booked.res.minute != windows(now)[0] else "settled")
+                event("settled late" if booked.res.at <= now - 60 else "settled")
                 actual = round(booked.res.tokens * op[2])
                 for s in stores:
                     await s.settle(booked.res, actual, now)
@@ -207,12 +257,14 @@ async def test_stores_agree_with_the_model(
                 for s in stores:
                     u = await s.usage(scope, now)
                     assert usage_tuple(u) == expected_usage, (type(s).__name__, scope.name)
-                    assert (u.minute_reset_s, u.day_reset_s) == windows(now)[2:]
+                    assert u.minute_reset_s == model.reset(scope.name, now)
+                    assert u.day_reset_s == day_window(now)[1]
         for b in model.booked:
             if b.actual is None:
                 for s in stores:
                     await s.settle(b.res, b.res.tokens, now)
         for scope in (team, key):
+            model.check_spans(scope)  # settlements after the last admission included
             for s in stores:
                 assert (await s.usage(scope, now)).in_flight == 0
     finally:

@@ -50,6 +50,14 @@ async def test_quota_store_works_under_the_acl(acl_redis: RedisServer) -> None:
         await store.settle(second.reservation, 60, T0 + 2)
         usage = await store.usage(scope, T0 + 3)
         assert usage.in_flight == 0 and usage.tokens_today == 100
+        # A tokens refusal walks the log; a read a minute later prunes it.
+        tight = Scope("team:acl2", Limits(tokens_per_minute=150))
+        await store.reserve([tight], 100, T0, 900.0, "t1")
+        with pytest.raises(QuotaExceeded) as info:
+            await store.reserve([tight], 100, T0 + 1, 900.0, "t2")
+        assert info.value.retry_after_s == 59.0
+        usage = await store.usage(scope, T0 + 61)
+        assert (usage.requests_this_minute, usage.tokens_this_minute) == (0, 0)
     finally:
         await store.close()
 

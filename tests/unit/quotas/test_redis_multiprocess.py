@@ -62,7 +62,7 @@ async def _burst(url: str, prefix: str, worker: int, start: Any) -> dict[str, An
     refused = [(r.scope, r.reason) for r in results if isinstance(r, QuotaExceeded)]
     return {
         "worker": worker,
-        "admitted": [(r.id, r.scopes, r.tokens, r.minute, r.day) for r in admitted],
+        "admitted": [(r.id, r.scopes, r.tokens, r.at, r.day) for r in admitted],
         "refused": refused,
     }
 

@@ -16,16 +16,14 @@ from llmplat.quotas.model import (
     QuotaStoreUnavailable,
     Reservation,
     Scope,
-    windows,
 )
 from llmplat.quotas.redis_store import RedisQuotaStore, redact_url
 from support.redis_server import RedisServer, free_port, redis_server
 
 from .conftest import DAY0, T0, Tracked, unique_prefix
 
-MINUTE0 = (DAY0 + 36_000) // 60
-NEXT_MINUTE = DAY0 + 36_060  # the minute after T0's
-MINUTE_LEFT = 54.75  # at T0
+NEXT_MINUTE = DAY0 + 36_060  # the clock minute after T0's (T0 + 54.75)
+WINDOW = 60.0  # a fresh entry counts this long: the reset right after an admission
 DAY_LEFT = 86_400 - 36_005.25  # at T0
 MIDNIGHT = DAY0 + 86_400
 
@@ -51,12 +49,12 @@ async def test_admits_within_limits(quotas: Tracked) -> None:
     t = team(requests_per_minute=3, tokens_per_minute=1000, tokens_per_day=10_000)
     k = key(requests_per_minute=5, tokens_per_minute=500, concurrent_requests=2)
     a = await quotas.reserve([t, k], 100, T0, reservation_id="req-1")
-    assert a.reservation == Reservation("req-1", ("team:ide", "key:ci01"), 100, MINUTE0, 20_000)
-    assert a.requests == LimitState(3, 2, MINUTE_LEFT)  # the team's is the tightest
-    assert a.tokens == LimitState(500, 400, MINUTE_LEFT)  # the key's is the tightest
+    assert a.reservation == Reservation("req-1", ("team:ide", "key:ci01"), 100, T0, 20_000)
+    assert a.requests == LimitState(3, 2, WINDOW)  # the team's is the tightest
+    assert a.tokens == LimitState(500, 400, WINDOW)  # the key's is the tightest
     b = await quotas.reserve([t, k], 250, T0 + 1)
-    assert b.requests == LimitState(3, 1, MINUTE_LEFT - 1)
-    assert b.tokens == LimitState(500, 150, MINUTE_LEFT - 1)
+    assert b.requests == LimitState(3, 1, WINDOW)  # empty again 60 s after the newest entry
+    assert b.tokens == LimitState(500, 150, WINDOW)
     u = await quotas.usage(t, T0 + 2)
     assert (u.scope, u.limits) == ("team:ide", t.limits)
     assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today, u.in_flight) == (
@@ -65,7 +63,7 @@ async def test_admits_within_limits(quotas: Tracked) -> None:
         350,
         2,
     )
-    assert (u.minute_reset_s, u.day_reset_s) == (MINUTE_LEFT - 2, DAY_LEFT - 2)
+    assert (u.minute_reset_s, u.day_reset_s) == (WINDOW - 1, DAY_LEFT - 2)  # newest at T0 + 1
     assert (await quotas.usage(k, T0 + 2)).in_flight == 2
 
 
@@ -77,7 +75,7 @@ async def test_unlimited_scope_reports_no_limit_state(quotas: Tracked) -> None:
 
 async def test_no_scopes_reserves_nothing(quotas: Tracked) -> None:
     a = await quotas.reserve([], 50, T0, reservation_id="anon")
-    assert a.reservation == Reservation("anon", (), 50, MINUTE0, 20_000)
+    assert a.reservation == Reservation("anon", (), 50, T0, 20_000)
     assert (a.requests, a.tokens) == (None, None)
     await quotas.settle(a.reservation, 10, T0)
 
@@ -90,7 +88,7 @@ async def test_usage_of_an_unknown_scope_is_zero(quotas: Tracked) -> None:
         0,
         0,
     )
-    assert (u.minute_reset_s, u.day_reset_s) == (MINUTE_LEFT, DAY_LEFT)
+    assert (u.minute_reset_s, u.day_reset_s) == (0.0, DAY_LEFT)  # nothing to slide out
 
 
 # --- each limit refuses -------------------------------------------------------------------
@@ -108,13 +106,14 @@ async def test_requests_per_minute_refuses(quotas: Tracked) -> None:
         2,
         1,
     )
-    assert e.retry_after_s == MINUTE_LEFT - 0.25
-    assert e.requests == LimitState(2, 0, MINUTE_LEFT - 0.25)
-    assert e.tokens == LimitState(1000, 980, MINUTE_LEFT - 0.25)
+    assert e.retry_after_s == WINDOW - 0.25  # when the first of them slides out
+    assert e.requests == LimitState(2, 0, WINDOW - 0.25)
+    assert e.tokens == LimitState(1000, 980, WINDOW - 0.25)
     assert not e.never_fits
     u = await quotas.usage(t, T0 + 1)
     assert (u.requests_this_minute, u.tokens_this_minute, u.in_flight) == (2, 20, 2)
-    # Waiting retry_after_s is enough.
+    # Waiting retry_after_s is enough, and not a moment less.
+    await refused(quotas, [t], 10, T0 + 59.999)
     await quotas.reserve([t], 10, T0 + 0.25 + e.retry_after_s)
 
 
@@ -127,13 +126,13 @@ async def test_tokens_per_minute_refuses(quotas: Tracked) -> None:
         1000,
         600,
         500,
-        MINUTE_LEFT,
+        WINDOW,
     )
-    assert (e.requests, e.tokens) == (None, LimitState(1000, 400, MINUTE_LEFT))
+    assert (e.requests, e.tokens) == (None, LimitState(1000, 400, WINDOW))
     assert not e.never_fits
     a = await quotas.reserve([t], 400, T0)  # exactly up to the limit
-    assert a.tokens == LimitState(1000, 0, MINUTE_LEFT)
-    too_big = await refused(quotas, [t], 1001, NEXT_MINUTE)
+    assert a.tokens == LimitState(1000, 0, WINDOW)
+    too_big = await refused(quotas, [t], 1001, T0 + WINDOW)
     assert too_big.never_fits and too_big.used == 0
 
 
@@ -144,7 +143,7 @@ async def test_tokens_per_day_refuses(quotas: Tracked) -> None:
     e = await refused(quotas, [t], 400, now)
     assert (e.reason, e.limit, e.used, e.requested) == ("tokens_per_day", 1000, 700, 400)
     assert e.retry_after_s == MIDNIGHT - now
-    assert e.requests == LimitState(10, 10, windows(now)[2])
+    assert e.requests == LimitState(10, 10, 0.0)  # the window is empty by now
     assert e.tokens is None
     await quotas.reserve([t], 300, now)
 
@@ -187,8 +186,8 @@ async def test_key_refusal_reserves_nothing_in_the_team(quotas: Tracked) -> None
     await quotas.reserve([t, k], 100, T0)
     e = await refused(quotas, [t, k], 100, T0)
     assert (e.scope, e.reason) == ("key:ci01", "requests_per_minute")
-    assert e.requests == LimitState(1, 0, MINUTE_LEFT)
-    assert e.tokens == LimitState(100_000, 99_900, MINUTE_LEFT)
+    assert e.requests == LimitState(1, 0, WINDOW)
+    assert e.tokens == LimitState(100_000, 99_900, WINDOW)
     u = await quotas.usage(t, T0)
     assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today, u.in_flight) == (
         1,
@@ -207,7 +206,7 @@ async def test_team_refusal_reserves_nothing_in_the_key(quotas: Tracked) -> None
     await quotas.reserve([t, k1], 200, T0)
     e = await refused(quotas, [t, k2], 200, T0)
     assert (e.scope, e.reason, e.used) == ("team:ide", "tokens_per_minute", 200)
-    assert e.tokens == LimitState(300, 100, MINUTE_LEFT)
+    assert e.tokens == LimitState(300, 100, WINDOW)
     u = await quotas.usage(k2, T0)
     assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today, u.in_flight) == (
         0,
@@ -220,16 +219,44 @@ async def test_team_refusal_reserves_nothing_in_the_key(quotas: Tracked) -> None
 # --- windows ------------------------------------------------------------------------------
 
 
-async def test_minute_window_resets_on_the_boundary(quotas: Tracked) -> None:
-    t = team(requests_per_minute=1, tokens_per_minute=100)
-    await quotas.reserve([t], 100, T0)
-    e = await refused(quotas, [t], 100, NEXT_MINUTE - 0.5)
-    assert e.retry_after_s == 0.5
-    a = await quotas.reserve([t], 100, NEXT_MINUTE)
-    assert a.reservation.minute == MINUTE0 + 1
-    assert a.requests == LimitState(1, 0, 60.0)
-    u = await quotas.usage(t, NEXT_MINUTE + 1)
-    assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (1, 100, 200)
+async def test_minute_limit_holds_across_a_clock_minute_boundary(quotas: Tracked) -> None:
+    """The issue's burst: one request, then four just before a minute boundary and four
+    just after it. A clock-aligned window admitted 8 within 4 s; the sliding one admits 4
+    in any 60 s."""
+    t = team(requests_per_minute=4)
+    await quotas.reserve([t], 1, T0)
+    for i in range(3):
+        await quotas.reserve([t], 1, NEXT_MINUTE - 2 + i * 0.25)
+    e = await refused(quotas, [t], 1, NEXT_MINUTE - 1)
+    assert (e.reason, e.used) == ("requests_per_minute", 4)
+    for i in range(4):
+        e = await refused(quotas, [t], 1, NEXT_MINUTE + i * 0.25)
+    # The T0 entry is the first to slide out: 60 s after it, not at the clock minute.
+    assert e.retry_after_s == WINDOW - (NEXT_MINUTE + 0.75 - T0)
+    assert e.requests == LimitState(4, 0, WINDOW - 2.25)  # empty 60 s after the newest
+    await refused(quotas, [t], 1, T0 + 59.999)
+    a = await quotas.reserve([t], 1, T0 + WINDOW)
+    assert a.requests == LimitState(4, 0, WINDOW)
+    await refused(quotas, [t], 1, NEXT_MINUTE - 2 + WINDOW - 0.001)
+    await quotas.reserve([t], 1, NEXT_MINUTE - 2 + WINDOW)
+    u = await quotas.usage(t, NEXT_MINUTE - 2 + WINDOW)
+    assert (u.requests_this_minute, u.minute_reset_s) == (4, WINDOW)
+
+
+async def test_tokens_per_minute_frees_as_entries_slide_out(quotas: Tracked) -> None:
+    t = team(tokens_per_minute=100)
+    await quotas.reserve([t], 60, T0)
+    await quotas.reserve([t], 40, T0 + 30)
+    e = await refused(quotas, [t], 50, T0 + 59)
+    assert (e.used, e.retry_after_s) == (100, 1.0)  # the 60 leave at T0 + 60: room for 50
+    e = await refused(quotas, [t], 100, T0 + 59)
+    assert e.retry_after_s == 31.0  # both have to leave
+    assert not e.never_fits
+    a = await quotas.reserve([t], 50, T0 + 60)
+    assert a.tokens == LimitState(100, 10, WINDOW)
+    u = await quotas.usage(t, T0 + 60)
+    assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (2, 90, 150)
+    assert (await quotas.usage(t, T0 + 200)).tokens_this_minute == 0
 
 
 async def test_day_budget_rolls_over_at_utc_midnight(quotas: Tracked) -> None:
@@ -274,31 +301,35 @@ async def test_settlement_frees_room_for_the_next_request(quotas: Tracked) -> No
     await refused(quotas, [t], 300, T0)
     await quotas.settle(a.reservation, 100, T0)
     b = await quotas.reserve([t], 300, T0)
-    assert b.tokens == LimitState(1000, 600, MINUTE_LEFT)
+    assert b.tokens == LimitState(1000, 600, WINDOW)
 
 
-async def test_settlement_touches_only_the_reservations_minute(quotas: Tracked) -> None:
+async def test_settlement_touches_the_window_only_while_the_entry_counts(
+    quotas: Tracked,
+) -> None:
     t = team(tokens_per_minute=1000, tokens_per_day=10_000)
     k = key(tokens_per_minute=1000)
     a = await quotas.reserve([t, k], 500, T0)
-    await quotas.reserve([t, k], 300, NEXT_MINUTE + 1)
-    await quotas.settle(a.reservation, 0, NEXT_MINUTE + 2)
+    await quotas.reserve([t, k], 300, T0 + 61)
+    await quotas.settle(a.reservation, 0, T0 + 62)  # a has slid out: only the day moves
     for scope, today in ((t, 300), (k, 300)):
-        u = await quotas.usage(scope, NEXT_MINUTE + 2)
+        u = await quotas.usage(scope, T0 + 62)
         assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (1, 300, today)
         assert u.in_flight == 1
-    c = await quotas.reserve([t], 100, NEXT_MINUTE + 3)
-    await quotas.reserve([t], 50, NEXT_MINUTE + 60)
-    await quotas.settle(c.reservation, 900, NEXT_MINUTE + 61)  # raising, also late
-    u = await quotas.usage(t, NEXT_MINUTE + 61)
+    c = await quotas.reserve([t], 100, T0 + 63)
+    await quotas.reserve([t], 50, T0 + 123)
+    await quotas.settle(c.reservation, 900, T0 + 124)  # raising, also late
+    u = await quotas.usage(t, T0 + 124)
     assert (u.tokens_this_minute, u.tokens_today) == (50, 300 + 900 + 50)
 
 
-async def test_late_settlement_in_an_idle_new_minute(quotas: Tracked) -> None:
+async def test_settlement_inside_the_window_replaces_the_entry(quotas: Tracked) -> None:
     t = team(tokens_per_minute=1000)
     a = await quotas.reserve([t], 500, T0)
-    await quotas.settle(a.reservation, 900, NEXT_MINUTE + 1)
+    await quotas.settle(a.reservation, 900, NEXT_MINUTE + 1)  # next clock minute, same window
     u = await quotas.usage(t, NEXT_MINUTE + 1)
+    assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (1, 900, 900)
+    u = await quotas.usage(t, T0 + WINDOW)
     assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (0, 0, 900)
 
 
@@ -308,7 +339,8 @@ async def test_late_settlement_after_midnight_keeps_the_new_day_intact(quotas: T
     b = await quotas.reserve([t], 200, MIDNIGHT + 5)
     await quotas.settle(a.reservation, 0, MIDNIGHT + 6)
     u = await quotas.usage(t, MIDNIGHT + 6)
-    assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (1, 200, 200)
+    # The window spans midnight (both count in it); the new day holds only b.
+    assert (u.requests_this_minute, u.tokens_this_minute, u.tokens_today) == (2, 200, 200)
     await quotas.settle(b.reservation, 150, MIDNIGHT + 7)
     u = await quotas.usage(t, MIDNIGHT + 7)
     assert (u.tokens_this_minute, u.tokens_today, u.in_flight) == (150, 150, 0)
@@ -372,28 +404,37 @@ async def test_redis_keys_and_expirations(redis: RedisServer, raw: aioredis.Redi
         t = team(requests_per_minute=5)
         a = await store.reserve([t], 100, T0, 45.0, "rid-1")
         base = "layout-test:team:ide"
-        assert await raw.get(f"{base}:rpm:{MINUTE0}") == "1"
-        assert await raw.get(f"{base}:tpm:{MINUTE0}") == "100"
+        assert await raw.zrange(f"{base}:log", 0, -1, withscores=True) == [("rid-1", T0)]
+        assert await raw.hgetall(f"{base}:logtok") == {"r:rid-1": "100", "sum": "100"}
         assert await raw.get(f"{base}:tpd:20000") == "100"
         assert await raw.zrange(f"{base}:inflight", 0, -1, withscores=True) == [
             ("rid-1", T0 + 45.0)
         ]
-        for suffix, window_left in (
-            (f"rpm:{MINUTE0}", MINUTE_LEFT),
-            (f"tpm:{MINUTE0}", MINUTE_LEFT),
-            (f"tpd:{20000}", DAY_LEFT),
-            ("inflight", 45.0),
+        for suffix, left, grace in (
+            ("log", WINDOW, 60),
+            ("logtok", WINDOW, 60),
+            ("tpd:20000", DAY_LEFT, 3_600),
+            ("inflight", 45.0, 60),
         ):
             ttl = await raw.ttl(f"{base}:{suffix}")
-            assert window_left < ttl <= window_left + 3_601, suffix
+            assert left < ttl <= left + grace + 1, suffix
         await store.settle(a.reservation, 40, T0 + 1)
-        assert await raw.get(f"{base}:tpm:{MINUTE0}") == "40"
+        assert await raw.hgetall(f"{base}:logtok") == {"r:rid-1": "40", "sum": "40"}
+        assert await raw.get(f"{base}:tpd:20000") == "40"
         assert await raw.zcard(f"{base}:inflight") == 0
-        # Settlement never recreates window keys that have expired.
-        b = await store.reserve([t], 100, T0 + 2, 45.0, "rid-2")
-        await raw.delete(f"{base}:tpm:{MINUTE0}", f"{base}:tpd:20000")
-        await store.settle(b.reservation, 0, T0 + 3)
-        assert await raw.exists(f"{base}:tpm:{MINUTE0}", f"{base}:tpd:20000") == 0
+        # Entries leave the log (and their tokens its sum) once out of the window.
+        b = await store.reserve([t], 7, T0 + 30, 45.0, "rid-2")
+        await store.usage(t, T0 + WINDOW)
+        assert await raw.zrange(f"{base}:log", 0, -1) == ["rid-2"]
+        assert await raw.hgetall(f"{base}:logtok") == {"r:rid-2": "7", "sum": "7"}
+        # Settlement never recreates keys that have expired.
+        await raw.delete(f"{base}:log", f"{base}:logtok", f"{base}:tpd:20000")
+        await store.settle(b.reservation, 0, T0 + 31)
+        assert await raw.exists(f"{base}:log", f"{base}:logtok", f"{base}:tpd:20000") == 0
+        # A log that expired takes a tokens hash left behind with it.
+        await raw.hset(f"{base}:logtok", mapping={"r:ghost": "9", "sum": "9"})
+        assert (await store.usage(t, T0 + 32)).tokens_this_minute == 0
+        assert await raw.exists(f"{base}:logtok") == 0
     finally:
         await store.close()
 
@@ -410,7 +451,7 @@ async def test_unreachable_redis_raises_quickly_without_the_password() -> None:
     calls = {
         "ping": store.ping(),
         "reserve": store.reserve([team(requests_per_minute=1)], 1, T0, 30.0, "r"),
-        "settle": store.settle(Reservation("r", ("team:ide",), 1, MINUTE0, 20_000), 1, T0),
+        "settle": store.settle(Reservation("r", ("team:ide",), 1, T0, 20_000), 1, T0),
         "usage": store.usage(team(), T0),
     }
     try:
@@ -478,7 +519,7 @@ async def test_wrong_password_is_unavailable_and_not_echoed() -> None:
     with redis_server(password="right-one") as server:
         good = await RedisQuotaStore.connect(server.url)
         await good.reserve([team()], 1, T0, 30.0, "r")
-        await good.settle(Reservation("r", ("team:ide",), 1, MINUTE0, 20_000), 1, T0)
+        await good.settle(Reservation("r", ("team:ide",), 1, T0, 20_000), 1, T0)
         await good.close()
         bad_url = server.url.replace("right-one", "s3cret")
         with pytest.raises(QuotaStoreUnavailable) as info:
