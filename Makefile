@@ -56,8 +56,9 @@ test: $(STAMP) system-deps $(CHECKOV)
 	$(BIN)/python -m pytest -q --durations=15 -m "not slow" $(PYTEST_ARGS)
 
 # The scenarios that start vLLM engines again and again (tests/integration/test_autoscaling_e2e.py:
-# a flood to two replicas and back, scale to zero and back, Ctrl-C and restart): ~11 minutes
-# on 2 cores, so kept out of `make test`; CI runs both (.ci/run).
+# a flood to two replicas and back, scale to zero and back, Ctrl-C and restart;
+# test_sharded_e2e.py: two local nodes, PP 2 and TP 2, a node killed and brought back) and
+# the per-minute limit across a clock minute: kept out of `make test`; CI runs both (.ci/run).
 test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q --durations=15 -m slow $(PYTEST_ARGS)
 

@@ -87,6 +87,7 @@ async def test_usage_endpoint_matches_what_clients_were_billed(live, team_client
     assert after["in_flight"] == 0
 
 
+@pytest.mark.slow  # waits for a clock minute and a Retry-After (up to 2 min): make test-slow
 async def test_minute_limit_holds_across_a_clock_minute_boundary(live) -> None:
     """A burst straddling a clock minute: 4 requests just before it, 4 just after. At
     ``requests_per_minute: 4`` the second half is refused (a clock-aligned window admitted
