@@ -69,6 +69,18 @@ def placed_ranks(
     ]
 
 
+def placed_by_bundle(
+    plan: PlacementPlan, bundle_nodes: list[str], names: dict[str, str]
+) -> list[PlacedRank]:
+    """Rank i on the node of bundle i, wherever Ray put it (no node-group check)."""
+    return [
+        PlacedRank(
+            r, bundle_nodes[r.rank], names.get(bundle_nodes[r.rank], bundle_nodes[r.rank][:8])
+        )
+        for r in plan.ranks()
+    ]
+
+
 def parse_cores(label: str) -> list[int]:
     """'0', '2-3' or '0,2-3' as a list of core ids."""
     cores: list[int] = []

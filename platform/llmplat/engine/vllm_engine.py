@@ -28,6 +28,7 @@ from llmplat.engine.multinode import (
     headless_kwargs,
     node_binding,
     node_names,
+    placed_by_bundle,
     placed_ranks,
 )
 from llmplat.engine.placement import PlacementError, plan_from_llm_config
@@ -99,6 +100,12 @@ class SignalingVLLMEngine(VLLMEngine):
         plan = plan_from_llm_config(self.llm_config)
         table = placement_group_table(pg)
         bundle_nodes = [table["bundles_to_node_id"][i] for i in range(plan.world_size)]
+        nodes = ray.nodes()
+        if self.llm_config.accelerator_config.kind != "cpu":
+            # vLLM's Ray executor starts a worker in every bundle wherever Ray put it.
+            self.placement = placed_by_bundle(plan, bundle_nodes, node_names(nodes))
+            self._export_placement()
+            return
         node_ids = plan.node_groups(bundle_nodes)
         here = ray.get_runtime_context().get_node_id()
         if node_ids[0] != here:
@@ -106,12 +113,9 @@ class SignalingVLLMEngine(VLLMEngine):
                 f"the replica runs on node {here[:8]} but its first rank's bundle is on "
                 f"{node_ids[0][:8]}"
             )
-        nodes = ray.nodes()
         self.placement = placed_ranks(plan, node_ids, node_names(nodes))
         log.info("ranks placed: %s", [p.as_dict() for p in self.placement])
         self._export_placement()
-        if self.llm_config.accelerator_config.kind != "cpu":  # vLLM's Ray executor
-            return
         labels = {n["NodeID"]: n.get("Labels") or {} for n in nodes}
         binding = node_binding(labels[here], plan.ranks_per_node)
         if binding:

@@ -141,3 +141,13 @@ def test_cpu_sharding_rules(tmp_path, settings: Settings, mutate, message: str) 
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=message):
         load_profile(str(path), settings.config_dir)
+
+
+def test_gpu_ranks_are_recorded_where_ray_put_their_bundles(settings: Settings) -> None:
+    from llmplat.engine.multinode import placed_by_bundle
+
+    plan = placement_plan(load_profile("mixtral-8x22b-l40s-2node", settings.config_dir))
+    # PACK may interleave: vLLM's Ray executor copes, so nothing is refused, only recorded.
+    nodes = ["a", "b"] * 4
+    placed = placed_by_bundle(plan, nodes, {"a": "gpu-0"})
+    assert [(p.rank.rank, p.node_name) for p in placed[:3]] == [(0, "gpu-0"), (1, "b"), (2, "gpu-0")]
