@@ -10,7 +10,7 @@ import argparse
 import json
 import re
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmplat.auth.admin import KeyAdmin
@@ -59,8 +59,15 @@ def _team_line(t: Team) -> str:
     return f"{t.name:20} {t.priority_class:11} models={models} max_tokens<={cap} {limits}"
 
 
+def key_state(k: ApiKeyRecord, now: datetime) -> str:
+    """What ``keys list`` shows: a key past its expiry is refused, so it is not 'active'."""
+    if k.revoked:
+        return "revoked"
+    return "active" if k.is_active(now) else "expired"
+
+
 def _key_line(k: ApiKeyRecord) -> str:
-    state = "revoked" if k.revoked else "active"
+    state = key_state(k, datetime.now(UTC))
     expires = k.expires_at.isoformat(timespec="seconds") if k.expires_at else "never"
     return (
         f"{k.key_id:14} {k.team:20} {state:8} {k.name or '-':20} "

@@ -78,3 +78,18 @@ def test_script_can_capture_the_key(home) -> None:
         [*run, "keys", "create", "--team", "ci"], check=True, capture_output=True, text=True
     ).stdout
     assert parse_key(out.strip()) is not None and out.count("\n") == 1
+
+
+def test_keys_list_says_expired_for_a_key_past_its_expiry() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from llmplat.cli_admin import key_state
+    from llmplat.config.teams import ApiKeyRecord
+
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    base = {"key_id": "k1ab", "team": "ci", "secret_sha256": "0" * 64, "created_at": now}
+    just_expired = ApiKeyRecord(**base, expires_at=now - timedelta(seconds=1))
+    assert key_state(just_expired, now) == "expired"
+    assert key_state(ApiKeyRecord(**base, expires_at=now + timedelta(days=1)), now) == "active"
+    assert key_state(ApiKeyRecord(**base), now) == "active"
+    assert key_state(ApiKeyRecord(**base, revoked=True), now) == "revoked"
