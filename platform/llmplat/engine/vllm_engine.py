@@ -36,6 +36,8 @@ from llmplat.engine.placement import PlacementError, plan_from_llm_config
 log = logging.getLogger(__name__)
 
 RANK_METRIC = "llmplat_engine_rank_info"
+NODE_PING_S = 5.0
+"""How long a further node of a replica may take to answer the health check's ping."""
 
 
 class SignalStatLogger:
@@ -142,6 +144,9 @@ class SignalingVLLMEngine(VLLMEngine):
                 ray.remote(NodeRanks)
                 .options(
                     num_cpus=0,
+                    # run() holds one thread for the workers' lifetime; the other answers
+                    # the health check's ping.
+                    max_concurrency=2,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         placement_group=pg,
                         placement_group_bundle_index=k * plan.ranks_per_node,
@@ -188,6 +193,19 @@ class SignalingVLLMEngine(VLLMEngine):
         for tags in self._rank_tags:
             self._rank_gauge.set(1, tags=tags)
 
+    async def _ping_nodes(self) -> None:
+        """Each further node answers within NODE_PING_S, or the engine is lost: Ray reports
+        a killed node's actors dead only once it has declared the node dead, which can take
+        longer than a health check period."""
+        for k, actor in enumerate(self._node_actors, start=1):
+            try:
+                await asyncio.wait_for(
+                    asyncio.wrap_future(actor.node_id.remote().future()), NODE_PING_S
+                )
+            except Exception as exc:
+                self._lose(k, exc)
+                return
+
     async def _watch_nodes(self, runs: list[tuple[int, Any]]) -> None:
         """A further node's ranks end only when that node (or its workers) died: the engine
         is then lost. In-flight requests fail at once instead of waiting on dead peers, and
@@ -195,7 +213,12 @@ class SignalingVLLMEngine(VLLMEngine):
         futures = {asyncio.ensure_future(ref): k for k, ref in runs}
         done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
         first = next(iter(done))
-        node, exc = futures[first], first.exception()
+        self._lose(futures[first], first.exception())
+
+    def _lose(self, node: int, exc: BaseException | None) -> None:
+        """Node ``node`` of the replica is gone: fail every request and every health check."""
+        if self.lost:
+            return
         names = sorted({p.node_name for p in self.placement if p.rank.node == node})
         self.lost = f"node {', '.join(names)} of this replica stopped" + (
             f" ({type(exc).__name__})" if exc else ""
@@ -212,6 +235,8 @@ class SignalingVLLMEngine(VLLMEngine):
             client.shutdown()
 
     async def check_health(self) -> None:
+        if not self.lost and self._node_actors:
+            await self._ping_nodes()
         if self.lost:
             raise RuntimeError(f"engine lost: {self.lost}")
         if self._rank_gauge is not None:
