@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmplat.engine.multinode import CORES_LABEL, NODE_LABEL
+from llmplat.engine.multinode import CORES_LABEL, NODE_LABEL, free_port
 from llmplat.settings import child_environment
 
 log = logging.getLogger(__name__)
@@ -66,12 +65,6 @@ def plan_local_nodes(nodes: int, cores: int) -> list[LocalNode]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def raylet_command(node: LocalNode, gcs_address: str, temp_dir: Path) -> list[str]:
     """``ray start`` of one worker node. Every port is a free one, so that two platforms
     (or two nodes) on one machine never ask for the same fixed default."""
@@ -93,9 +86,9 @@ def raylet_command(node: LocalNode, gcs_address: str, temp_dir: Path) -> list[st
         "--temp-dir",
         str(temp_dir),
         "--dashboard-agent-listen-port",
-        str(_free_port()),
+        str(free_port("127.0.0.1")),
         "--metrics-export-port",
-        str(_free_port()),
+        str(free_port("127.0.0.1")),
         "--disable-usage-stats",
         "--block",
     ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmplat.engine.multinode import free_port
 from llmplat.engine.placement_status import REPLICA_PG_PREFIX
 from llmplat.local_cluster import (
     LOCAL_HEAD_RESOURCE,
@@ -83,12 +84,6 @@ class RunningPlatform:
                 time.sleep(0.5)
         except Exception as exc:  # stopping goes on regardless
             log.warning("draining failed (%s: %s); stopping now", type(exc).__name__, exc)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 RAY_TOKEN_FILE = "ray-auth-token"
@@ -184,7 +179,7 @@ def with_free_metrics_port(settings: Settings, say: Callable[[str], None]) -> Se
     explicit = "engine_metrics_port" in settings.model_fields_set
     if settings.ray_address or explicit or port_free(settings.host, port):
         return settings
-    free = _free_port(settings.host)
+    free = free_port(settings.host)
     say(f"port {port} is taken: engine metrics on {free} (LLMPLAT_ENGINE_METRICS_PORT)")
     return settings.model_copy(update={"engine_metrics_port": free})
 
@@ -209,7 +204,7 @@ def start_platform(
     settings = with_free_metrics_port(settings, say)
     for port, setting in user_ports(settings):
         check_port_free(settings.host, port, setting)
-    proxy_port = _free_port(settings.host) if settings.gateway.direct_ingress else settings.port
+    proxy_port = free_port(settings.host) if settings.gateway.direct_ingress else settings.port
     prepare_environment(settings)
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     say("starting Ray")

@@ -16,12 +16,12 @@ order are the same (:mod:`llmplat.engine.placement`).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 from llmplat.engine.placement import PlacementPlan, Rank, rank_core_lists
+from llmplat.settings import export_values
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,6 @@ def node_names(nodes: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def placed_ranks(
-    plan: PlacementPlan, node_ids: list[str], names: dict[str, str]
-) -> list[PlacedRank]:
-    return [
-        PlacedRank(r, node_ids[r.node], names.get(node_ids[r.node], node_ids[r.node][:8]))
-        for r in plan.ranks()
-    ]
-
-
 def placed_by_bundle(
     plan: PlacementPlan, bundle_nodes: list[str], names: dict[str, str]
 ) -> list[PlacedRank]:
@@ -99,9 +90,10 @@ def node_binding(labels: dict[str, str], local_ranks: int) -> str | None:
     return rank_core_lists(parse_cores(cores), local_ranks)
 
 
-def free_port() -> int:
+def free_port(host: str = "") -> int:
+    """A port nothing listens on now (the OS picks it)."""
     with socket.socket() as sock:
-        sock.bind(("", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -116,7 +108,7 @@ class NodeRanks:
     so the replica learns of a lost node from the ``run`` call failing."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        os.environ.update(env)
+        export_values(env)  # before vLLM starts this node's worker processes
 
     def node_id(self) -> str:
         import ray

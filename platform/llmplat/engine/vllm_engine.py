@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from ray.llm._internal.serve.engines.vllm.vllm_engine import (
@@ -29,9 +28,9 @@ from llmplat.engine.multinode import (
     node_binding,
     node_names,
     placed_by_bundle,
-    placed_ranks,
 )
 from llmplat.engine.placement import PlacementError, plan_from_llm_config
+from llmplat.settings import export_values
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +114,20 @@ class SignalingVLLMEngine(VLLMEngine):
                 f"the replica runs on node {here[:8]} but its first rank's bundle is on "
                 f"{node_ids[0][:8]}"
             )
-        self.placement = placed_ranks(plan, node_ids, node_names(nodes))
+        self.placement = placed_by_bundle(plan, bundle_nodes, node_names(nodes))
         log.info("ranks placed: %s", [p.as_dict() for p in self.placement])
         self._export_placement()
         labels = {n["NodeID"]: n.get("Labels") or {} for n in nodes}
-        binding = node_binding(labels[here], plan.ranks_per_node)
-        if binding:
-            os.environ[BIND_ENV] = binding  # read by the engine's worker processes
+        # The binding the replica was configured with, unless the node names its own cores
+        # (a local multi-node cluster); the engine's worker processes read it at start.
+        configured = ((self.llm_config.runtime_env or {}).get("env_vars") or {}).get(
+            BIND_ENV, "auto"
+        )
+
+        def binding(node_id: str) -> str:
+            return node_binding(labels[node_id], plan.ranks_per_node) or configured
+
+        export_values({BIND_ENV: binding(here)})
         if plan.nodes == 1:
             return
         engine = self.llm_config.get_engine_config()
@@ -136,10 +142,7 @@ class SignalingVLLMEngine(VLLMEngine):
 
         runs = []
         for k in range(1, plan.nodes):
-            env = {
-                BIND_ENV: node_binding(labels[node_ids[k]], plan.ranks_per_node)
-                or os.environ.get(BIND_ENV, "auto")
-            }
+            env = {BIND_ENV: binding(node_ids[k])}
             actor = (
                 ray.remote(NodeRanks)
                 .options(

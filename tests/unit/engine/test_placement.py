@@ -7,7 +7,7 @@ import yaml
 
 from llmplat.config.loader import ConfigError, load_profile
 from llmplat.engine.llm_config import build_llm_config, ranks_threads_bind
-from llmplat.engine.multinode import node_binding, parse_cores, placed_ranks
+from llmplat.engine.multinode import node_binding, parse_cores, placed_by_bundle
 from llmplat.engine.placement import (
     PlacementError,
     placement_plan,
@@ -61,7 +61,7 @@ def test_ranks_stage_major_with_tp_groups_inside_a_node(settings: Settings) -> N
     assert [(r.stage, r.shard, r.node) for r in ranks] == [
         (0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 3, 0), (1, 0, 1), (1, 1, 1), (1, 2, 1), (1, 3, 1)
     ]
-    placed = placed_ranks(plan, ["n-a", "n-b"], {"n-a": "node-a"})
+    placed = placed_by_bundle(plan, ["n-a"] * 4 + ["n-b"] * 4, {"n-a": "node-a"})
     assert [p.node_name for p in placed] == ["node-a"] * 4 + ["n-b"] * 4
     assert placed[5].as_dict() == {
         "rank": 5, "stage": 1, "shard": 1, "node_id": "n-b", "node": "n-b"
