@@ -16,7 +16,7 @@ from llmplat.auth.base import Principal, bearer_token
 from llmplat.auth.keys import parse_key, secret_matches
 from llmplat.auth.store import KeyStore
 from llmplat.config.teams import Registry
-from llmplat.gateway.errors import AuthenticationFailed, ServiceUnavailable
+from llmplat.errors import AuthenticationFailed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

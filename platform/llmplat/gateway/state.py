@@ -23,6 +23,7 @@ from llmplat.gateway.throttle import FailedAuthThrottle
 from llmplat.gateway.tokens import PromptCounter
 from llmplat.gateway.usage import Usage
 from llmplat.observability.metrics import GatewayMetrics
+from llmplat.observability.record import RequestRecord
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.service import QuotaService
 from llmplat.settings import KeyStoreSettings, QuotaSettings
@@ -70,37 +71,6 @@ class GatewayConfig:
     """On a cluster: the replica reads the admin token and the Redis URL from its own pod
     (mounted files) and applies the declared teams; the deployment's arguments, which Ray
     keeps in its control plane, carry no secret."""
-
-
-@dataclass
-class RequestRecord:
-    """The outcome of one generation request, handed to ``on_finish`` exactly once.
-
-    ``team``/``key_id``/``model`` are None when the request failed before they were known.
-    """
-
-    endpoint: str
-    started: float
-    wall_started: float = field(default_factory=time.time)
-    request_id: str = ""
-    client: str | None = None
-    team: str | None = None
-    key_id: str | None = None
-    model: str | None = None
-    stream: bool = False
-    status: int = 0
-    ended: float = 0.0
-    usage: Usage | None = None
-    first_token_s: float | None = None
-    inter_token_s: float | None = None
-    """Mean time between generated tokens of a stream."""
-    in_flight: bool = False
-    """Counted in the in-flight gauge (admitted and forwarded)."""
-    error: str | None = None
-    """Internal detail for the server log; never sent to the audit sink."""
-    error_code: str | None = None
-    response_bytes: int = 0
-    """Body bytes handed to the HTTP server (what a client that got everything received)."""
 
 
 def log_record(record: RequestRecord) -> None:

@@ -12,21 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
-        if not data:
-            return None
-        return cls(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+from llmplat.observability.record import Usage
 
 
 @dataclass

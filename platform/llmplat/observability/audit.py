@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmplat.gateway.state import RequestRecord
+from llmplat.observability.record import RequestRecord
 
 
 def audit_line(record: RequestRecord) -> dict[str, Any]:

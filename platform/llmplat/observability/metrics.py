@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from llmplat.autoscaling.report import ScaleReport
-    from llmplat.gateway.state import RequestRecord
+    from llmplat.observability.record import RequestRecord
 
 REPLICA_STATES = ("running", "desired", "min", "max")
 

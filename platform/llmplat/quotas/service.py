@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmplat.auth.base import Principal
-from llmplat.gateway.errors import RateLimited, ServiceUnavailable
+from llmplat.errors import RateLimited, ServiceUnavailable
 from llmplat.quotas.model import (
     Admission,
     LimitState,
