@@ -17,7 +17,7 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
 .PHONY: serve test test-slow test-unit test-integration test-gpu gpu-check test-k8s bench bench-sharded lint model venv clean system-deps mutation \
-	chart chart-files chart-values manifests
+	chart chart-files chart-values manifests docs
 
 venv: $(STAMP)
 
@@ -112,8 +112,13 @@ manifests: $(STAMP) chart-files chart-values
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests benchmarks loadtests deploy
 
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor,
+# a page missing from nav or a missing included README fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
 
 # Mutation testing of quotas/, auth/ and gateway/ against the unit tests (platform/setup.cfg).
 # Slow (~4,600 mutants, each running the unit tests that reach it: many hours on 2 cores),
