@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.readme import REPO, VENV_BIN, code_blocks, shell_lines
+from support.readme import DOCS, REPO, VENV_BIN, code_blocks, shell_lines
 
 pytestmark = pytest.mark.integration
 
 
 def _readme_command(readme: Path, scenario: str, live) -> str:
-    """The README's load test command for ``scenario``, with the platform's address."""
+    """The load test command for ``scenario`` a page shows, with the platform's address."""
     lines = {
         line
         for block in code_blocks(readme, "sh")
@@ -78,9 +78,9 @@ def test_smoke_as_the_readme_shows_it(live, tmp_path: Path) -> None:
 
 
 def test_noisy_neighbour_limits_only_the_noisy_team(live, tmp_path: Path) -> None:
-    # The README's command, its optional arguments filled in: 70 s (20 s warm-up, 23 s
+    # docs/load-testing.md's command, its optional arguments filled in: 70 s (20 s warm-up, 23 s
     # baseline, 27 s flood), results kept here.
-    command = _readme_command(REPO / "README.md", "noisy-neighbour", live)
+    command = _readme_command(DOCS / "load-testing.md", "noisy-neighbour", live)
     assert "[--users N] [--duration T]" in command, command
     out = tmp_path / "noisy"
     command = command.replace(" [--users N] [--duration T]", f" --duration 70s --out {out}")

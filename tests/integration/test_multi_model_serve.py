@@ -255,7 +255,7 @@ def test_four_gateway_replicas_share_one_exact_quota(served, team_key) -> None:
 
 
 def test_a_revocation_reaches_every_replica_within_two_seconds(served) -> None:
-    """README: every replica follows the store, so a revoked key is refused everywhere
+    """docs/teams-and-quotas.md: every replica follows the store, so a revoked key is refused everywhere
     within a second or two (the file store here; each replica is asked on its own port)."""
     admin = KeyAdmin(served.key_store)
     admin.create_team({"name": "revoked"})

@@ -1,13 +1,14 @@
-"""The README's commands, run as a new user copies them.
+"""The commands of the README and the documentation pages (docs/), run as a new user copies them.
 
 Each runs from a directory outside the checkout, with the checkout's ``.venv/bin`` first on
 ``PATH`` (as after ``source .venv/bin/activate``, which the README says) and no ``LLMPLAT_*``
-setting beyond those the README tells the user to set. A command the README shows that fails
-is a failing test; placeholders (``<key id>``, ``[--out DIR]``) are the only edits.
+setting beyond those the page tells the user to set. A command a page shows that fails is a
+failing test; placeholders (``<key id>``, ``[--out DIR]``) are the only edits.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -16,11 +17,15 @@ import pytest
 import yaml
 
 from support import MODEL
-from support.readme import REPO, VENV_BIN, block_with, shell_lines
+from support.readme import DOCS, README, VENV_BIN, block_with, shell_lines
 
 pytestmark = pytest.mark.integration
 
-README = REPO / "README.md"
+# Where each command lives: the first request is on both the README and Getting started.
+FIRST_REQUEST_PAGES = [README, DOCS / "getting-started.md"]
+TEAMS = DOCS / "teams-and-quotas.md"
+DEPLOYMENT = DOCS / "deployment.md"
+DEVELOPMENT = DOCS / "development.md"
 
 
 def _env(**settings: str) -> dict[str, str]:
@@ -39,7 +44,7 @@ def _bash(script: str, cwd: Path, env: dict[str, str], timeout: int = 300) -> st
 
 
 def test_teams_and_keys_commands(tmp_path: Path) -> None:
-    lines = shell_lines(block_with(README, "sh", "llmplat teams create ide"))
+    lines = shell_lines(block_with(TEAMS, "sh", "llmplat teams create ide"))
     script = []
     for line in lines:
         # `<key id>`: the id of the key the block created (a key is llmp_<key id>_<secret>).
@@ -64,7 +69,7 @@ def test_teams_and_keys_commands(tmp_path: Path) -> None:
 def test_plan_and_deploy_values_commands(tmp_path: Path) -> None:
     lines = [
         line
-        for line in shell_lines(block_with(README, "sh", "llmplat deploy values"))
+        for line in shell_lines(block_with(DEPLOYMENT, "sh", "llmplat deploy values"))
         if line.startswith("llmplat ")
     ]
     # `deploy status` reads a RayService from a cluster; the chart tests cover `helm install`.
@@ -80,7 +85,7 @@ def test_plan_and_deploy_values_commands(tmp_path: Path) -> None:
 def test_build_tiny_command(tmp_path: Path) -> None:
     (line,) = [
         line
-        for line in shell_lines(block_with(README, "sh", "llmplat model build-tiny"))
+        for line in shell_lines(block_with(DEVELOPMENT, "sh", "llmplat model build-tiny"))
         if line.startswith("llmplat model build-tiny")
     ]
     command = line.replace("[--out DIR]", "--out tiny")
@@ -89,8 +94,22 @@ def test_build_tiny_command(tmp_path: Path) -> None:
     assert (built / "config.json").is_file() and (built / "tokenizer.model.v3").is_file()
 
 
-def test_python_snippet_with_the_openai_client(live, tmp_path: Path) -> None:
-    snippet = block_with(README, "python", "from openai import OpenAI")
+@pytest.mark.parametrize("page", FIRST_REQUEST_PAGES, ids=lambda p: p.name)
+def test_curl_request(live, tmp_path: Path, page: Path) -> None:
+    """The first request with curl, the two OPENAI_ variables exported as the page says."""
+    block = block_with(page, "sh", "curl ")
+    env = _env(OPENAI_BASE_URL=live.base_url, OPENAI_API_KEY=live.key)
+    out = _bash(block, tmp_path / "work", env, timeout=120)
+    answer = json.loads(out)
+    assert "choices" in answer, answer  # an error body is JSON too
+    assert answer["object"] == "chat.completion" and answer["model"] == MODEL, answer
+    assert answer["choices"][0]["message"]["role"] == "assistant", answer
+    assert answer["usage"]["completion_tokens"] > 0, answer
+
+
+@pytest.mark.parametrize("page", FIRST_REQUEST_PAGES, ids=lambda p: p.name)
+def test_python_snippet_with_the_openai_client(live, tmp_path: Path, page: Path) -> None:
+    snippet = block_with(page, "python", "from openai import OpenAI")
     script = tmp_path / "snippet.py"
     script.write_text(snippet)
     env = _env(OPENAI_BASE_URL=live.base_url, OPENAI_API_KEY=live.key)
@@ -102,8 +121,8 @@ def test_python_snippet_with_the_openai_client(live, tmp_path: Path) -> None:
 
 
 def test_status_command(live, tmp_path: Path) -> None:
-    """`llmplat status` as the README shows it: the platform's port from the environment
-    (as `make serve` sets it), the admin token exported as the README says."""
+    """`llmplat status` as docs/operations.md shows it: the platform's port from the
+    environment (as `make serve` sets it), the admin token exported as the docs say."""
     port = live.url.rsplit(":", 1)[1]
     env = _env(LLMPLAT_PORT=port, LLMPLAT_ADMIN_TOKEN=live.admin_token)
     out = _bash("llmplat status", tmp_path / "work", env, timeout=60)

@@ -149,7 +149,7 @@ async def test_admin_api_creates_key_that_works_then_revocation_is_seen(live) ->
         t0 = time.monotonic()
         await http.post(f"/admin/keys/{issued['key_id']}/revoke", headers=admin)
         await _until(lambda: client.models.list(), ok=False, timeout_s=15)
-        assert time.monotonic() - t0 < 2.0  # README: within a second or two
+        assert time.monotonic() - t0 < 2.0  # docs/teams-and-quotas.md: within a second or two
         denied = await http.get("/admin/teams", headers=_auth(live, "ide"))
         assert denied.status_code == 403
         await client.close()

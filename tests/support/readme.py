@@ -1,4 +1,4 @@
-"""The commands a README shows, as a user would copy them."""
+"""The commands the README and the documentation pages (docs/) show, as a user would copy them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
+README = REPO / "README.md"
+DOCS = REPO / "docs"
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
@@ -30,5 +32,5 @@ def shell_lines(block: str) -> list[str]:
 def block_with(path: Path, language: str, text: str) -> str:
     """The one block of ``language`` containing ``text`` (the test names what it runs)."""
     found = [b for b in code_blocks(path, language) if text in b]
-    assert len(found) == 1, f"{path.name}: {len(found)} {language} blocks contain {text!r}"
+    assert len(found) == 1, f"{path}: {len(found)} {language} blocks contain {text!r}"
     return found[0]

@@ -323,7 +323,7 @@ class ModelProfile(_Strict):
                 # vLLM-CPU's CPUUnquantizedExperts.apply (fused_moe/experts/cpu_moe.py) ignores
                 # the expert map and hands global expert ids to cpu_fused_moe, which indexes
                 # a rank's local experts with them and segfaults on the first forward pass
-                # (README > Multi-node layouts on one machine).
+                # (docs/multi-node.md, expert parallelism).
                 raise ValueError(
                     "enable_expert_parallel needs kind 'gpu': vLLM-CPU's fused-MoE kernel "
                     "crashes with it (it is handed global expert ids for a rank's local "

@@ -56,7 +56,7 @@ VLLM_SAMPLING_EXTRAS = frozenset(
         "return_tokens_as_token_ids",
     }
 )
-"""vLLM extras documented for clients (README, API section)."""
+"""vLLM extras documented for clients (docs/api.md, request fields)."""
 
 CHAT_FIELDS = (
     _OPENAI_COMMON

@@ -1,4 +1,4 @@
-"""The file key store as the README promises it: owner-only, replaced atomically, and locked,
+"""The file key store as docs/teams-and-quotas.md promises it: owner-only, replaced atomically, and locked,
 so CLI processes can write at once while a gateway reads."""
 
 from __future__ import annotations

@@ -412,7 +412,7 @@ def test_watch_delivers_a_revocation_and_stops_promptly(kube: EmulatorHandle) ->
         other = KubernetesKeyStore(NS, kube.core_v1())  # e.g. the CLI
         other.put_key(key.model_copy(update={"revoked": True}), create=False)
         w.wait_for(lambda r: r.keys[key.key_id].revoked, timeout=15)
-        assert time.monotonic() - revoked_at < 2.0  # README: within a second or two
+        assert time.monotonic() - revoked_at < 2.0  # docs/teams-and-quotas.md: within a second or two
 
         stop_at = time.monotonic()
         w.stop.set()

@@ -144,7 +144,7 @@ def test_watch_reports_at_start_then_changes_then_stops(open_store: StoreFactory
         assert snapshots[0].keys == {key.key_id: key}  # the first call is the full snapshot
 
         admin.put_key(key.model_copy(update={"revoked": True}), create=False)
-        # README: a revocation reaches every replica within a second or two (the wait
+        # docs/teams-and-quotas.md: a revocation reaches every replica within a second or two (the wait
         # itself allows 15 s, so a slow watch fails here, not in the helper).
         assert wait_for(lambda r: r.keys[key.key_id].revoked) < 2.0
 

@@ -70,7 +70,7 @@ async def test_keys_made_through_the_admin_api_live_in_secrets_and_revoke_in_sec
     revoke = await http.post(f"/admin/keys/{made['key_id']}/revoke", headers=ADMIN)
     assert revoke.json()["revoked"] is True
     took = await _until(401, http, made["key"], limit_s=10)
-    assert took < 2.0  # README: a second or two
+    assert took < 2.0  # docs/teams-and-quotas.md: a second or two
 
 
 async def test_the_watch_recovers_after_an_api_server_restart(kube_gateway) -> None:

@@ -128,8 +128,8 @@ async def test_revoked_and_expired_keys_are_401(http, make_key, admin, key_store
 
 
 async def test_revocation_reaches_gateway_through_store_watch(http, admin) -> None:
-    """No manual refresh: the replica follows the store on its own, within the README's
-    "second or two" (measured; the wait itself allows longer)."""
+    """No manual refresh: the replica follows the store on its own, within the "second or two"
+    of docs/teams-and-quotas.md (measured; the wait itself allows longer)."""
     admin.create_team({"name": "web"})
     issued = admin.create_key("web")
     client = client_for(http, issued.plaintext)

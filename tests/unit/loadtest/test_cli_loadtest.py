@@ -83,7 +83,7 @@ async def test_run_passes_keeps_keys_secret_and_cleans_up(paced_url: str, tmp_pa
 async def test_default_output_folder_is_relative_to_where_it_runs(
     paced_url: str, tmp_path: Path
 ) -> None:
-    """As the README shows it: no --out, from the user's directory."""
+    """As loadtests/README.md shows it: no --out, from the user's directory."""
     async with httpx.AsyncClient(base_url=paced_url, headers=ADMIN) as admin:
         await admin.post("/admin/teams", json={"name": "editors"})
         given = (await admin.post("/admin/teams/editors/keys", json={})).json()
