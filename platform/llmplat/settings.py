@@ -83,8 +83,8 @@ class GatewaySettings(BaseModel):
     direct_ingress: bool = Field(
         True,
         description="Gateway replicas serve HTTP themselves (ports port..port+replicas-1) "
-        "instead of behind the Serve proxy: one hop less per token (~15% throughput on "
-        "2 cores). The proxy then listens on an internal port only.",
+        "instead of behind the Serve proxy: one hop less per token (README, Benchmarks). "
+        "The proxy then listens on an internal port only.",
     )
     metrics_port: int | None = Field(
         None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mistral_common
 
@@ -10,6 +12,9 @@ from llmplat.config.loader import load_profile
 from llmplat.engine.fake import FAKE_OPTIONS_KEY, FakeEngine
 from llmplat.engine.llm_config import build_llm_config
 from llmplat.settings import Settings
+
+if TYPE_CHECKING:
+    from llmplat.gateway.state import GatewayConfig
 
 DEV_KEY = "llmp_dev_unit-test-key-0123456789abcdef"
 ADMIN_TOKEN = "llmp_admin_unit-test-token-0123456789"
@@ -37,3 +42,8 @@ def make_engine(settings: Settings, model_id: str, max_model_len: int = 256) -> 
 
 def auth(key: str = DEV_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def with_gateway(config: GatewayConfig, **changes: Any) -> GatewayConfig:
+    """``config`` with these gateway settings changed (``request_timeout_s=0.2``)."""
+    return dataclasses.replace(config, gateway=config.gateway.model_copy(update=changes))

@@ -19,7 +19,7 @@ from llmplat.gateway.app import create_app
 from llmplat.gateway.assemble import assemble_state
 from llmplat.gateway.backends import EngineBackend
 from llmplat.gateway.state import GatewayConfig, GatewayModel, GatewayState, RequestRecord
-from llmplat.settings import Settings
+from llmplat.settings import GatewaySettings, Settings
 from support import (
     ADMIN_TOKEN,
     DEV_KEY,
@@ -84,7 +84,7 @@ async def gateway(
             for m in engines
         ),
         dev_api_key=SecretStr(DEV_KEY),
-        max_request_bytes=64 * 1024,
+        gateway=GatewaySettings(max_request_bytes=64 * 1024),
         admin_token=SecretStr(ADMIN_TOKEN),
         keystore_path=str(key_store.path),
         audit_sink=str(audit_path),

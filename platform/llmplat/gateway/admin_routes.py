@@ -87,7 +87,8 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _require_admin(state: GatewayState, request: Request) -> KeyAdmin:
-    if state.admin is None or state.admin_token is None:
+    admin_token = state.config.admin_token
+    if state.admin is None or admin_token is None:
         raise NotFound(
             "The admin API is disabled: set LLMPLAT_ADMIN_TOKEN to enable it.",
             code="admin_disabled",
@@ -95,7 +96,7 @@ def _require_admin(state: GatewayState, request: Request) -> KeyAdmin:
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
-    if not hmac.compare_digest(token.encode(), state.admin_token.get_secret_value().encode()):
+    if not hmac.compare_digest(token.encode(), admin_token.get_secret_value().encode()):
         denied = PermissionDenied(
             "This credential may not use the admin API.", code="admin_token_required"
         )
@@ -104,7 +105,7 @@ def _require_admin(state: GatewayState, request: Request) -> KeyAdmin:
 
 
 async def _object_body(request: Request, state: GatewayState) -> dict[str, Any]:
-    return await read_json_body(request, state.config.max_request_bytes)
+    return await read_json_body(request, state.config.gateway.max_request_bytes)
 
 
 def admin_router(state: GatewayState) -> APIRouter:

@@ -74,7 +74,7 @@ def create_app(state: GatewayState) -> FastAPI:
     )
     app.state.gateway = state
     app.add_middleware(
-        LifecycleMiddleware, request_timeout_s=lambda: state.config.request_timeout_s
+        LifecycleMiddleware, request_timeout_s=lambda: state.config.gateway.request_timeout_s
     )
     _install_error_handlers(app)
     app.include_router(admin_router(state))
@@ -100,7 +100,7 @@ def create_app(state: GatewayState) -> FastAPI:
             status_code=200 if now.ready else 503,
         )
 
-    if state.config.metrics_port is None:
+    if state.config.gateway.metrics_port is None:
         # With a metrics port, /metrics (team names and volumes) is served there only.
         @app.get("/metrics")
         async def metrics() -> Response:
@@ -189,7 +189,7 @@ async def _model_ready(state: GatewayState, model_id: str) -> str:
             return scaled
     try:
         await asyncio.wait_for(
-            state.backends[model_id].check_health(), state.config.ready_timeout_s
+            state.backends[model_id].check_health(), state.config.gateway.ready_timeout_s
         )
         return "ready"
     except TimeoutError:
@@ -219,7 +219,7 @@ async def _generate(state: GatewayState, request: Request, method: Method) -> Re
         principal = await _authenticate(state, request)
         record.team, record.key_id = principal.team, principal.key_id
         await state.quotas.precheck(principal)
-        raw = await read_body(request, state.config.max_request_bytes)
+        raw = await read_body(request, state.config.gateway.max_request_bytes)
         if len(raw) <= INLINE_BODY_BYTES:
             prepared = prepare(state, principal, raw, method)
         else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -28,8 +30,10 @@ def assemble_state(
     config: GatewayConfig,
     backends: dict[str, ModelBackend],
     scale_source: ReportSource | None = None,
+    status: Callable[[], Any] | None = None,
 ) -> GatewayState:
-    """The full request pipeline of a replica. Background work starts with the app."""
+    """The full request pipeline of a replica. Background work starts with the app.
+    ``status`` answers ``/admin/status`` (Ray Serve's deployments, under Serve)."""
     key_store = open_key_store(config.keystore, Path(config.keystore_path))
     authenticator = RegistryAuthenticator(
         key_store.load(),
@@ -45,16 +49,9 @@ def assemble_state(
         lease_s=config.quotas.lease_s,
         on_store_error=metrics.store_error,
     )
-    state = build_state(config, authenticator, backends, quotas, metrics, scale_source)
-    state.admin = KeyAdmin(key_store)
-    state.admin_token = config.admin_token
     follower = StoreFollower(key_store, authenticator.update)
-    state.on_startup.append(lambda: follower.start(asyncio.get_running_loop()))
-    state.on_shutdown.append(follower.stop)
-    state.on_shutdown.append(state.end_live)  # requests still running are finished
-    state.on_shutdown.append(state.drain)  # settlements still running, then the store
-    state.on_shutdown.append(quota_store.close)
-    state.on_shutdown.append(lambda: state.executor.shutdown(wait=False))
+    on_finish: Callable[[RequestRecord], None] = log_record
+    closing: list[Callable[[], Any]] = [quota_store.close]  # after settlements still running
     if config.audit_sink is not None:
         audit = AuditLog(config.audit_sink)
 
@@ -65,6 +62,19 @@ def assemble_state(
                 log_record(rec)
             audit.write(rec)
 
-        state.on_finish = record
-        state.on_shutdown.append(audit.close)
-    return state
+        on_finish = record
+        closing.append(audit.close)
+    return build_state(
+        config,
+        authenticator,
+        backends,
+        quotas,
+        metrics,
+        scale_source,
+        admin=KeyAdmin(key_store),
+        status=status,
+        on_finish=on_finish,
+        starting=(lambda: follower.start(asyncio.get_running_loop()),),
+        stopping=(follower.stop,),
+        closing=closing,
+    )

@@ -74,7 +74,7 @@ class RequestLifecycle:
     def __init__(self, state: GatewayState, record: RequestRecord) -> None:
         self._state = state
         self.record = record
-        self.deadline = record.started + state.config.request_timeout_s
+        self.deadline = record.started + state.config.gateway.request_timeout_s
         self.principal: Principal | None = None
         self.admitted: Admitted | None = None
         self.call: GuardedCall | None = None

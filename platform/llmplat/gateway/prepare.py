@@ -82,10 +82,10 @@ def prepare(state: GatewayState, principal: Principal, raw: bytes, method: Metho
     choices = _choices(body, principal)
     if method == "chat":
         messages = body.get("messages")
-        if isinstance(messages, list) and len(messages) > state.config.max_messages:
+        if isinstance(messages, list) and len(messages) > state.config.gateway.max_messages:
             raise InvalidRequest(
                 f"The request has {len(messages)} messages; this server accepts at most "
-                f"{state.config.max_messages}.",
+                f"{state.config.gateway.max_messages}.",
                 param="messages",
             )
         _check_tool_choice(body, model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.base import Authenticator
+from llmplat.config.profiles import AutoscalingSpec
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
 from llmplat.gateway.scaling import ReportSource, ScaleView
@@ -26,9 +27,12 @@ from llmplat.observability.metrics import GatewayMetrics
 from llmplat.observability.record import RequestRecord
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.service import QuotaService
-from llmplat.settings import KeyStoreSettings, QuotaSettings
+from llmplat.settings import GatewaySettings, KeyStoreSettings, QuotaSettings
 
 log = logging.getLogger("llmplat.requests")
+
+Hook = Callable[[], Any]
+"""A startup or shutdown step: called, and awaited when it returns an awaitable."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,9 @@ class GatewayModel:
     autoscaled: bool = False
     """Its replica count may change (the gateway follows the autoscaler's reports)."""
     min_replicas: int = 1
-    scale_from_zero_wait_s: float = 120.0
-    """How long a request is held while the model starts from zero replicas."""
+    scale_from_zero_wait_s: float = AutoscalingSpec.model_fields["scale_from_zero_wait_s"].default
+    """How long a request is held while the model starts from zero replicas (default: the
+    profile's, ``AutoscalingSpec.scale_from_zero_wait_s``)."""
     auto_tool_choice: bool = False
     """The engine parses tool calls from free text (a profile with a tool-call parser)."""
     tensor_parallel: int = 1
@@ -56,17 +61,13 @@ class GatewayConfig:
 
     models: tuple[GatewayModel, ...]
     dev_api_key: SecretStr | None
-    max_request_bytes: int = 1 << 20
-    request_timeout_s: float = 600.0
-    max_messages: int = 1024
-    ready_timeout_s: float = 5.0
-    auth_failures_per_minute: int = 20
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    """Limits and tuning of the gateway (body size, timeouts, throttle, metrics port)."""
     admin_token: SecretStr | None = None
     keystore: KeyStoreSettings = field(default_factory=KeyStoreSettings)
     keystore_path: str = ""
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     audit_sink: str | None = None
-    metrics_port: int | None = None
     secrets_from_environment: bool = False
     """On a cluster: the replica reads the admin token and the Redis URL from its own pod
     (mounted files) and applies the declared teams; the deployment's arguments, which Ray
@@ -92,6 +93,8 @@ def log_record(record: RequestRecord) -> None:
 
 @dataclass
 class GatewayState:
+    """One replica's request pipeline, built complete by :func:`build_state`."""
+
     config: GatewayConfig
     authenticator: Authenticator
     backends: dict[str, ModelBackend]
@@ -106,10 +109,15 @@ class GatewayState:
     status: Callable[[], Any] | None = None
     """Deployment status for ``/admin/status`` (Ray Serve's, when running under Serve)."""
     admin: KeyAdmin | None = None
-    admin_token: SecretStr | None = None
-    on_startup: list[Callable[[], Any]] = field(default_factory=list)
-    on_shutdown: list[Callable[[], Any]] = field(default_factory=list)
-    """Called (and awaited when they return awaitables) by the app's lifespan."""
+    """The admin API's key administration; the API is off without it or an admin token."""
+    starting: tuple[Hook, ...] = ()
+    """Started with the app, after the state's own background work (see ``on_startup``)."""
+    stopping: tuple[Hook, ...] = ()
+    """At shutdown, before the requests still running are ended: what keeps the state current
+    (the key-store follower)."""
+    closing: tuple[Hook, ...] = ()
+    """At shutdown, after every request, settlement and renewal is done: the stores and
+    sinks they used (quota store, audit log)."""
 
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="llmplat-prepare")
@@ -117,12 +125,32 @@ class GatewayState:
     """Parses, encodes and counts large request bodies off the event loop."""
     pending: set[asyncio.Future[Any]] = field(default_factory=set)
     """Settlements and lease renewals still running (awaited at shutdown)."""
-    auth_throttle: FailedAuthThrottle = field(
-        default_factory=lambda: FailedAuthThrottle(GatewayConfig.auth_failures_per_minute)
-    )
-    """Failed authentications per client address (429 past the limit)."""
+    auth_throttle: FailedAuthThrottle = field(init=False)
+    """Failed authentications per client address (429 past the limit; from the config)."""
     live: set[Any] = field(default_factory=set)
     """Lifecycles of the generation requests not yet finished (ended at shutdown)."""
+
+    def __post_init__(self) -> None:
+        self.auth_throttle = FailedAuthThrottle(self.config.gateway.auth_failures_per_minute)
+
+    @property
+    def on_startup(self) -> tuple[Hook, ...]:
+        """Run by the app's lifespan, in order, before the first request."""
+        return (self.scale.start, *self.starting)
+
+    @property
+    def on_shutdown(self) -> tuple[Hook, ...]:
+        """Run by the app's lifespan, in order, after the last request: stop following the
+        autoscaler and what ``stopping`` names, end the requests still running, wait for
+        their settlements, then close the executor and what ``closing`` names."""
+        return (
+            self.scale.stop,
+            *self.stopping,
+            self.end_live,
+            self.drain,
+            self.stop_executor,
+            *self.closing,
+        )
 
     def model(self, model_id: str) -> GatewayModel | None:
         return next((m for m in self.config.models if m.model_id == model_id), None)
@@ -142,6 +170,10 @@ class GatewayState:
             life.record.error_code = "shutdown"
             life.finish(503, "the gateway shut down while the request was running")
 
+    def stop_executor(self) -> None:
+        """Shutdown: no more bodies are prepared (work already queued is not waited for)."""
+        self.executor.shutdown(wait=False)
+
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait for every admission, settlement and renewal in progress, including work
         that finishing ones start (an abandoned admission's release)."""
@@ -160,7 +192,15 @@ def build_state(
     quotas: QuotaService | None = None,
     metrics: GatewayMetrics | None = None,
     scale_source: ReportSource | None = None,
+    *,
+    admin: KeyAdmin | None = None,
+    status: Callable[[], Any] | None = None,
+    on_finish: Callable[[RequestRecord], None] = log_record,
+    starting: Sequence[Hook] = (),
+    stopping: Sequence[Hook] = (),
+    closing: Sequence[Hook] = (),
 ) -> GatewayState:
+    """The complete state of a replica (see :class:`GatewayState` for the hooks' order)."""
     missing = {m.model_id for m in config.models} - set(backends)
     if missing:
         raise ValueError(f"no backend for models: {', '.join(sorted(missing))}")
@@ -168,7 +208,7 @@ def build_state(
     counters = {m.model_id: PromptCounter(m.model_dir) for m in config.models}
     metrics = metrics or GatewayMetrics(CollectorRegistry(), tuple(fim))
     autoscaled = tuple(m.model_id for m in config.models if m.autoscaled)
-    state = GatewayState(
+    return GatewayState(
         config=config,
         authenticator=authenticator,
         backends=backends,
@@ -176,9 +216,11 @@ def build_state(
         counters=counters,
         quotas=quotas or QuotaService(MemoryQuotaStore()),
         metrics=metrics,
-        auth_throttle=FailedAuthThrottle(config.auth_failures_per_minute),
         scale=ScaleView(autoscaled, scale_source, metrics),
+        on_finish=on_finish,
+        status=status,
+        admin=admin,
+        starting=tuple(starting),
+        stopping=tuple(stopping),
+        closing=tuple(closing),
     )
-    state.on_startup.append(state.scale.start)
-    state.on_shutdown.append(state.scale.stop)
-    return state

@@ -55,8 +55,9 @@ from llmplat.quotas.model import (
     usage_of,
     window_reset,
 )
+from llmplat.settings import QuotaSettings
 
-DEFAULT_KEY_PREFIX = "llmplat:quota"
+DEFAULT_KEY_PREFIX: str = QuotaSettings.model_fields["key_prefix"].default
 LOG_KEY_GRACE_S = 60
 """Log keys live this long past the moment their newest entry leaves the window."""
 DAY_KEY_GRACE_S = 3_600

@@ -21,6 +21,7 @@ from llmplat.quotas.model import (
     ScopeUsage,
     tightest,
 )
+from llmplat.settings import QuotaSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class QuotaService:
         store: QuotaStore,
         *,
         fail_open: bool = False,
-        lease_s: float = 900.0,
+        lease_s: float = QuotaSettings.model_fields["lease_s"].default,
         clock: Callable[[], float] = time.time,
         on_store_error: Callable[[str], None] | None = None,
     ) -> None:

@@ -45,7 +45,6 @@ def build_models(
 def gateway_config(
     models: list[BuiltModel], settings: Settings, *, secrets_from_environment: bool = False
 ) -> GatewayConfig:
-    gw = settings.gateway
     quotas = settings.quotas
     if secrets_from_environment:
         quotas = quotas.model_copy(update={"redis_url": None})
@@ -65,17 +64,12 @@ def gateway_config(
             for m in models
         ),
         dev_api_key=None if secrets_from_environment else settings.dev_api_key,
-        max_request_bytes=gw.max_request_bytes,
-        request_timeout_s=gw.request_timeout_s,
-        max_messages=gw.max_messages,
-        ready_timeout_s=gw.ready_timeout_s,
-        auth_failures_per_minute=gw.auth_failures_per_minute,
+        gateway=settings.gateway,
         admin_token=None if secrets_from_environment else settings.admin_token,
         keystore=settings.keystore,
         keystore_path=str(settings.keystore_path),
         quotas=quotas,
         audit_sink=settings.audit_sink,
-        metrics_port=gw.metrics_port,
         secrets_from_environment=secrets_from_environment,
     )
 

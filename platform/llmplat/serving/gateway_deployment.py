@@ -33,12 +33,17 @@ class Gateway:
         if config.secrets_from_environment:
             config = with_own_secrets(config)
         backends = {model_id: ServeBackend(handle) for model_id, handle in models.items()}
-        self._state = assemble_state(config, backends, scale_source=KvStore())
         tensor_parallel = {deployment_name(m.model_id): m.tensor_parallel for m in config.models}
-        self._state.status = functools.partial(serve_status, tensor_parallel)
-        if config.metrics_port is not None:
+        self._state = assemble_state(
+            config,
+            backends,
+            scale_source=KvStore(),
+            status=functools.partial(serve_status, tensor_parallel),
+        )
+        metrics_port = config.gateway.metrics_port
+        if metrics_port is not None:
             # One scrape target per replica (the chart's PodMonitor), beside GET /metrics.
-            start_http_server(config.metrics_port, registry=self._state.metrics.registry)
+            start_http_server(metrics_port, registry=self._state.metrics.registry)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)

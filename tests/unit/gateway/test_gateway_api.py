@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ from llmplat.engine.fake import (
     fake_tokens,
 )
 from llmplat.gateway.app import create_app
-from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, auth
+from support import DEV_KEY, MODEL, PLAIN_MODEL, V3_TOKENIZER, auth, with_gateway
 
 
 async def test_models_lists_configured_models(client: openai.AsyncOpenAI, http, gateway) -> None:
@@ -423,7 +422,7 @@ async def test_readiness_is_cached_and_shared(gateway, http) -> None:
 
 async def test_metrics_port_takes_metrics_off_the_public_endpoint(gateway) -> None:
     state = gateway.state.gateway
-    state.config = dataclasses.replace(state.config, metrics_port=9464)
+    state.config = with_gateway(state.config, metrics_port=9464)
     app = create_app(state)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as h:
         assert (await h.get("/metrics")).status_code == 404

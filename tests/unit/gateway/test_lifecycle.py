@@ -10,7 +10,6 @@ right status, and no engine call left open (abandoned ones cancelled).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 import uuid
@@ -25,7 +24,7 @@ from llmplat.engine.fake import CUT_SHORT, FAIL_BEFORE, FAIL_MID_STREAM, HANG
 from llmplat.gateway.state import GatewayState, RequestRecord
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.redis_store import RedisQuotaStore
-from support import DEV_KEY, MODEL
+from support import DEV_KEY, MODEL, with_gateway
 from support.asgi import Client, call
 from support.redis_server import RedisServer, redis_server
 from support.waiting import eventually
@@ -155,7 +154,7 @@ async def test_send_that_never_returns_is_stopped_by_the_hard_timeout(
 ) -> None:
     """A client that stops reading (its send blocks forever) holds nothing past the request
     timeout plus the middleware's grace: 504, engine call cancelled, billed, slot freed."""
-    state.config = dataclasses.replace(state.config, request_timeout_s=0.2)
+    state.config = with_gateway(state.config, request_timeout_s=0.2)
     engine.token_delay_s = 0.002
     client = Client(block_at_chunk=3)
     await asyncio.wait_for(_run(gateway, _body(stream=True, max_tokens=240), client), 15)
@@ -274,7 +273,7 @@ async def test_a_stream_the_engine_ends_early_is_an_error_not_a_success(
 async def test_timeout_before_first_token_is_504_and_cancels_engine(
     gateway, state, records, engine
 ) -> None:
-    state.config = dataclasses.replace(state.config, request_timeout_s=0.2)
+    state.config = with_gateway(state.config, request_timeout_s=0.2)
     client = await _run(gateway, _body(f"wait {HANG}"))
     await check_invariants(state, records, 1)
     assert client.status == 504
@@ -293,7 +292,7 @@ async def test_stream_over_the_timeout_ends_with_timeout_event(
 ) -> None:
     # 1 s: the first token comes well before it even on a loaded machine; 240 tokens at
     # 20 ms each take 4.8 s, far past it.
-    state.config = dataclasses.replace(state.config, request_timeout_s=1.0)
+    state.config = with_gateway(state.config, request_timeout_s=1.0)
     engine.token_delay_s = 0.02
     client = await _run(gateway, _body(stream=True, max_tokens=240))
     await check_invariants(state, records, 1)

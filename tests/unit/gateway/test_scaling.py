@@ -33,7 +33,7 @@ from llmplat.gateway.scaling import (
     STARTING_FROM_ZERO,
 )
 from llmplat.gateway.state import GatewayConfig, GatewayModel, GatewayState, RequestRecord
-from support import DEV_KEY, MODEL, auth, make_engine
+from support import DEV_KEY, MODEL, auth, make_engine, with_gateway
 from support.kv import MemoryKv
 from support.waiting import eventually
 
@@ -165,7 +165,7 @@ async def test_a_running_model_is_not_held(scaled, kv) -> None:
     request timeout."""
     state, http, records = scaled
     publish(kv, state, report(1, 1))
-    state.config = replace(state.config, request_timeout_s=WAIT_S * 3)
+    state.config = with_gateway(state.config, request_timeout_s=WAIT_S * 3)
     t0 = time.monotonic()
     r = await http.post("/v1/completions", json=_body(f"x {HANG}"), headers=auth())
     assert r.status_code == 504 and time.monotonic() - t0 >= WAIT_S * 3

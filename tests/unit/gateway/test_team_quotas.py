@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from datetime import timedelta
 
@@ -16,7 +15,7 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.file_store import FileKeyStore
 from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, HANG
 from llmplat.gateway.state import GatewayState
-from support import MODEL, V3_TOKENIZER, auth
+from support import MODEL, V3_TOKENIZER, auth, with_gateway
 
 
 class Clock:
@@ -237,7 +236,7 @@ async def test_rate_limit_headers_on_every_response_whatever_refused_it(
     assert _limits_of(again) == expected
 
     # Concurrency: admission refuses, then the pre-check (confirmed against the store).
-    state.config = dataclasses.replace(state.config, request_timeout_s=2.0)
+    state.config = with_gateway(state.config, request_timeout_s=2.0)
     busy = await make_key("busy", limits={"requests_per_minute": 10, "concurrent_requests": 1})
     hanging = asyncio.create_task(
         http.post(
@@ -327,7 +326,7 @@ async def test_reservation_seen_in_flight_then_settled(
     """While a request runs, the team's tokens hold the prompt (the model's tokenizer count)
     plus max_tokens times n; when it ends (here by the timeout, before any token) only the
     prompt stays billed."""
-    state.config = dataclasses.replace(state.config, request_timeout_s=4.0)
+    state.config = with_gateway(state.config, request_timeout_s=4.0)
     key = await make_key(limits={"tokens_per_minute": 100_000})
     text = f"count these words please {HANG}"
     body: dict = {"model": MODEL, "n": n}

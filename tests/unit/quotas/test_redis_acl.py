@@ -13,10 +13,11 @@ from redis.exceptions import NoPermissionError
 from llmplat.config.teams import Limits
 from llmplat.quotas.model import QuotaExceeded, Scope
 from llmplat.quotas.redis_store import RedisQuotaStore
+from llmplat.settings import QuotaSettings
 from support.redis_server import RedisServer, start_redis_server
 
 ACL_FILE = Path(__file__).parents[3] / "helm" / "llmplat" / "files" / "redis-quota-acl.txt"
-PREFIX = "llmplat:quota"  # the settings' default key prefix, which the ACL's key pattern names
+PREFIX = QuotaSettings().key_prefix  # the settings' default, which the ACL's key pattern names
 T0 = 1_790_000_000.0
 
 
