@@ -83,7 +83,7 @@ class GatewaySettings(BaseModel):
     direct_ingress: bool = Field(
         True,
         description="Gateway replicas serve HTTP themselves (ports port..port+replicas-1) "
-        "instead of behind the Serve proxy: one hop less per token (README, Benchmarks). "
+        "instead of behind the Serve proxy: one hop less per token (docs: Benchmarks). "
         "The proxy then listens on an internal port only.",
     )
     metrics_port: int | None = Field(
