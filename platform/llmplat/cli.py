@@ -11,14 +11,14 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from llmplat import session
 from llmplat.cli_admin import add_admin_commands
 from llmplat.cli_deploy import add_deploy_commands
 from llmplat.cli_loadtest import add_loadtest_command
 from llmplat.cli_plan import add_plan_command
 from llmplat.cli_status import add_status_command
 from llmplat.config.loader import ConfigError, LoadedPlatform, load_platform
-from llmplat.session import SessionError
+from llmplat.local import session
+from llmplat.local.session import SessionError
 from llmplat.settings import ENV_PREFIX, Settings
 
 
@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     admin_generated = settings.admin_token is None and settings.mode == "dev"
     settings = settings.with_dev_key()
 
-    from llmplat.runtime import PlatformStartError, prepare_environment, start_platform
+    from llmplat.local.runtime import PlatformStartError, prepare_environment, start_platform
 
     prepare_environment(settings)  # before anything imports ray.serve
 
@@ -118,7 +118,7 @@ def _own_session(
     """Give a local CPU platform a session of its own at a lower CPU autogroup priority.
 
     Returns None to serve from this process, or the exit status of the platform when it
-    ran in a new session started from here (see llmplat.session for why).
+    ran in a new session started from here (see llmplat.local.session for why).
     """
     plan = session_plan(
         settings,
