@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmplat.cli_status import placement_lines
+from llmplat.cli.status import placement_lines
 from llmplat.engine.placement_status import (
     MODEL_DEPLOYMENT_CLASS,
     deployment_name,
