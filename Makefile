@@ -11,12 +11,12 @@ FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 # and Ray from source at start (platform start ~140 s -> 84 s on 2 cores with it).
 UV_FLAGS := $(foreach d,$(FIND_LINKS),--find-links $(d)) --excludes .ci/excludes.txt --compile-bytecode
 PYTEST_ARGS ?=
-# checkov (tests/k8s: security checks of the rendered chart) pins old networkx and packaging,
+# checkov (tests/chart: security checks of the rendered chart) pins old networkx and packaging,
 # so it lives in a virtualenv of its own inside .venv.
 CHECKOV_VERSION := 3.3.30
 CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
-.PHONY: serve test test-slow test-unit test-integration test-gpu gpu-check test-k8s bench bench-sharded lint model venv clean system-deps mutation \
+.PHONY: serve test test-slow test-unit test-integration test-gpu gpu-check test-chart test-k8s bench bench-sharded lint model venv clean system-deps mutation \
 	chart chart-files chart-values manifests docs
 
 venv: $(STAMP)
@@ -68,9 +68,12 @@ test-unit: $(STAMP) system-deps
 test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
-# The Helm chart, values files and kustomize overlays (no cluster needed).
-test-k8s: $(STAMP) system-deps $(CHECKOV)
-	$(BIN)/python -m pytest -q tests/k8s tests/unit/k8s tests/unit/planner $(PYTEST_ARGS)
+# The Helm chart, values files and kustomize overlays (no cluster needed); test-k8s is its
+# former name.
+test-chart: $(STAMP) system-deps $(CHECKOV)
+	$(BIN)/python -m pytest -q tests/chart tests/unit/k8s tests/unit/planner $(PYTEST_ARGS)
+
+test-k8s: test-chart
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu tests/gpu $(PYTEST_ARGS)

@@ -41,8 +41,8 @@ import httpx
 from llmplat.config.loader import load_profile
 from llmplat.engine.llm_config import cpu_engine_env, engine_kwargs, offline_env
 from llmplat.gateway.fim import load_fim_encoder
+from llmplat.local.session import autogroup_enabled, autogroup_nice, set_autogroup_nice
 from llmplat.models.tiny import ensure_tiny_model
-from llmplat.session import autogroup_enabled, autogroup_nice, set_autogroup_nice
 from llmplat.settings import Settings
 
 MODEL = "tiny-mixtral"
@@ -320,7 +320,7 @@ def run_target(
     """Start a server in a session of its own, wait until it answers ``ready_path``, measure.
 
     Both servers' sessions run at the autogroup nice `llmplat serve` gives its own session
-    (llmplat.session), so neither is measured with an advantage in CPU scheduling.
+    (llmplat.local.session), so neither is measured with an advantage in CPU scheduling.
     """
     log = Path("bench-results") / f"{name}.log"
     with log.open("wb") as out:

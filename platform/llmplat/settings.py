@@ -184,7 +184,7 @@ class CpuEngineSettings(BaseModel):
         le=19,
         description="`llmplat serve` with CPU engines runs in a session of its own whose "
         "autogroup (Linux's per-session CPU share) gets this nice value, so clients in other "
-        "sessions are not kept off the cores by the engine (llmplat.session); 0 leaves the "
+        "sessions are not kept off the cores by the engine (llmplat.local.session); 0 leaves the "
         "session as it is.",
     )
 

@@ -26,7 +26,7 @@ from llmplat.auth.file_store import FileKeyStore
 from llmplat.config.loader import load_profile
 from llmplat.engine.fake import FakeEngine, fake_tokens
 from llmplat.engine.llm_config import build_llm_config
-from llmplat.runtime import port_free, ray_environment
+from llmplat.local.runtime import port_free, ray_environment
 from llmplat.serving.builder import BuiltModel, build_application
 from llmplat.settings import GatewaySettings, QuotaSettings, Settings
 from support import V3_TOKENIZER

@@ -14,7 +14,7 @@ import pytest
 from mistral_common.protocol.fim.request import FIMRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from llmplat.session import autogroup_enabled, autogroup_nice
+from llmplat.local.session import autogroup_enabled, autogroup_nice
 from support import MODEL, V3_TOKENIZER
 
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.

@@ -88,14 +88,14 @@ class KvStore:
     """Ray's internal key-value store (the GCS), as the controller and replicas reach it."""
 
     def put(self, key: bytes, value: bytes) -> None:
-        from ray.experimental.internal_kv import _internal_kv_put
+        from llmplat.compat import internal_kv_put
 
-        _internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
+        internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
 
     def get(self, key: bytes) -> bytes | None:
-        from ray.experimental.internal_kv import _internal_kv_get
+        from llmplat.compat import internal_kv_get
 
-        value = _internal_kv_get(key, namespace=KV_NAMESPACE)
+        value = internal_kv_get(key, namespace=KV_NAMESPACE)
         return value if isinstance(value, bytes) else None
 
 

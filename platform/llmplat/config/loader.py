@@ -70,9 +70,6 @@ class LoadedPlatform:
     path: Path
     profiles: tuple[ModelProfile, ...]
 
-    def profile(self, model_id: str) -> ModelProfile | None:
-        return next((p for p in self.profiles if p.model_id == model_id), None)
-
 
 def load_platform(path: Path, config_dir: Path) -> LoadedPlatform:
     """Load a platform config and every profile it names; model ids must be unique."""

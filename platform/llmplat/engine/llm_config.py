@@ -24,8 +24,6 @@ def resolve_model_source(
     profile: ModelProfile,
     settings: Settings,
     progress: Callable[[str], None] | None = None,
-    *,
-    check_local: bool = True,
 ) -> str:
     """Local path of the profile's weights, building a builtin model on first use."""
     if profile.is_builtin:
@@ -39,7 +37,7 @@ def resolve_model_source(
 
         return str(ensure_tiny_model(settings.models_dir, progress=progress))
     path = Path(profile.source).expanduser()
-    if check_local and not (path / "config.json").is_file():
+    if not (path / "config.json").is_file():
         raise ModelSourceError(
             f"profile {profile.name!r}: no Hugging Face checkpoint at {path} "
             "(config.json missing); mount the weights there or change `source`"

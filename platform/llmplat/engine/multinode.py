@@ -117,8 +117,8 @@ class NodeRanks:
 
     def run(self, engine_kwargs: dict[str, Any]) -> None:
         import vllm
-        from vllm.usage.usage_lib import UsageContext
-        from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+        from llmplat.compat import MultiprocExecutor, UsageContext
 
         args = vllm.AsyncEngineArgs(**engine_kwargs)
         config = args.create_engine_config(

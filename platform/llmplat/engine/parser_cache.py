@@ -47,7 +47,7 @@ def install() -> bool:
     """Memoize vLLM's per-request lexer build in this process; False (and a warning) when
     this vLLM has no such function, i.e. the cost is gone or has moved."""
     try:
-        from vllm.parser.engine import streaming_parser_engine as engine
+        from llmplat.compat import streaming_parser_engine as engine
     except ImportError:
         log.warning("vLLM has no streaming parser engine; tool-parser cache not installed")
         return False

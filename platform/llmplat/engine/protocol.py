@@ -1,9 +1,11 @@
 """The OpenAI protocol models LLMServer speaks (vLLM's, as Ray Serve LLM wraps them).
 
-The only module that imports them from Ray's internals, so an upgrade touches one file.
+Ray keeps them in its internals; :mod:`llmplat.compat` imports them from there.
 """
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
+from vllm.exceptions import VLLMClientError
+
+from llmplat.compat import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionStreamResponse,
@@ -12,9 +14,8 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     CompletionStreamResponse,
     ErrorInfo,
     ErrorResponse,
+    LLMEngine,
 )
-from ray.llm._internal.serve.core.engine.protocol import LLMEngine
-from vllm.exceptions import VLLMClientError
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
 GenerationResponse = ChatCompletionResponse | CompletionResponse

@@ -12,12 +12,8 @@ import asyncio
 import logging
 from typing import Any
 
-from ray.llm._internal.serve.engines.vllm.vllm_engine import (
-    VLLMEngine,
-    _normalize_vllm_engine_kwargs,
-)
-
 from llmplat.autoscaling.signals import EngineSignals, SignalRecorder
+from llmplat.compat import VLLMEngine, normalize_vllm_engine_kwargs
 from llmplat.engine import parser_cache
 from llmplat.engine.multinode import (
     BIND_ENV,
@@ -137,7 +133,7 @@ class SignalingVLLMEngine(VLLMEngine):
             master_addr=ray.util.get_node_ip_address(),
             master_port=free_port(),
         )
-        kwargs = _normalize_vllm_engine_kwargs(engine.get_initialization_kwargs())
+        kwargs = normalize_vllm_engine_kwargs(engine.get_initialization_kwargs())
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         runs = []
@@ -229,7 +225,7 @@ class SignalingVLLMEngine(VLLMEngine):
         log.error("engine lost: %s; failing its requests", self.lost)
         client = self._engine_client
         if client is not None:
-            from vllm.v1.engine.exceptions import EngineDeadError
+            from llmplat.compat import EngineDeadError
 
             # Every request in flight gets the error now (shutting the engine down alone
             # leaves their streams waiting forever); new ones are refused as by a dead engine.

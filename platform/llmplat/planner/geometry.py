@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
-
-WeightDtype = Literal["bf16", "fp16", "fp32", "fp8"]
-KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
+from typing import Any
 
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1}
 

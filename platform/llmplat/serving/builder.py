@@ -14,7 +14,7 @@ from llmplat.config.loader import LoadedPlatform
 from llmplat.config.profiles import ModelProfile, drain_seconds
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.gateway.state import GatewayConfig, GatewayModel
-from llmplat.local_cluster import LOCAL_HEAD_RESOURCE
+from llmplat.local.cluster import LOCAL_HEAD_RESOURCE
 from llmplat.serving.gateway_deployment import Gateway
 from llmplat.serving.llm_server import PlatformLLMServer
 from llmplat.settings import Settings

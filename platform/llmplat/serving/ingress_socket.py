@@ -22,7 +22,7 @@ _MARK = "_llmplat_reuse_address"
 def reuse_address_for_direct_ingress() -> bool:
     """Make this process's Serve replica bind its direct-ingress port with address reuse;
     False (and a warning) when this Ray has no such hook."""
-    from ray.serve._private import replica
+    from llmplat.compat import serve_replica as replica
 
     start = getattr(replica, "start_asgi_http_server", None)
     if start is None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
-from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm import LLMServer
+
+from llmplat.compat import Batcher
 
 T = TypeVar("T")
 

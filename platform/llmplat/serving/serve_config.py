@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmplat.config.platform import repeated
 from llmplat.config.profiles import ModelProfile
-from llmplat.runtime import APP_NAME
+from llmplat.local.runtime import APP_NAME
 
 ENTRYPOINT = "llmplat.serving.entrypoint:build_app"
 SERVE_PORT = 8000

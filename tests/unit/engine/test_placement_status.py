@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmplat.cli_status import placement_lines
+from llmplat.cli.status import placement_lines
 from llmplat.engine.placement_status import (
     MODEL_DEPLOYMENT_CLASS,
     deployment_name,
@@ -69,7 +69,7 @@ def test_tensor_parallel_ranks_are_shards_of_one_stage() -> None:
 
 
 def test_a_local_cluster_refuses_to_wait_for_a_replica_it_can_never_place() -> None:
-    from llmplat.runtime import unplaceable_replicas
+    from llmplat.local.runtime import unplaceable_replicas
 
     table = {
         "1": _pg(f"SERVE_REPLICA::llmplat#{DEP}#r1", "PENDING", {},

@@ -8,7 +8,7 @@ import pytest
 from ray.serve._private import replica
 from ray.serve._private.http_util import set_socket_reuse_port
 
-from llmplat.runtime import port_free
+from llmplat.local.runtime import port_free
 from llmplat.serving.ingress_socket import reuse_address_for_direct_ingress
 from support.platform import time_wait_sockets
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from llmplat.cli import main
-from llmplat.runtime import (
+from llmplat.local.runtime import (
     PlatformStartError,
     check_port_free,
     user_ports,

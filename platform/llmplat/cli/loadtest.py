@@ -7,17 +7,13 @@ Exit status: 0 every objective met, 1 an objective failed, 2 bad scenario or arg
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from llmplat.cli.base import Subcommands
+from llmplat.cli.output import note
 from llmplat.config.loader import ConfigError
 from llmplat.settings import Settings
-
-
-def _err(msg: str) -> None:
-    print(f"llmplat: {msg}", file=sys.stderr, flush=True)
 
 
 def _seconds(text: str) -> float:
@@ -54,7 +50,7 @@ def cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
     try:
         scenario = load_scenario(args.scenario, loadtests_dir)
     except ConfigError as exc:
-        _err(str(exc))
+        note(str(exc))
         return EXIT_USAGE
     if args.users is not None or args.duration is not None:
         scenario = scenario.scaled(users=args.users, duration_s=args.duration)
@@ -62,7 +58,7 @@ def cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
     keys.update(dict(args.key or []))
     unknown = sorted(set(keys) - set(scenario.teams))
     if args.key and unknown:
-        _err(f"--key for unknown teams {unknown}; scenario teams: {', '.join(scenario.teams)}")
+        note(f"--key for unknown teams {unknown}; scenario teams: {', '.join(scenario.teams)}")
         return EXIT_USAGE
     keys = {t: k for t, k in keys.items() if t in scenario.teams}
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
@@ -83,19 +79,19 @@ def cmd_loadtest(args: argparse.Namespace, settings: Settings) -> int:
         team_prefix=args.team_prefix,
         keep_teams=args.keep_teams,
         seed=args.seed,
-        progress=_err,
+        progress=note,
     )
     try:
         outcome = run_loadtest(opts)
     except (ProvisionError, RunError) as exc:
-        _err(str(exc))
+        note(str(exc))
         return EXIT_BROKEN
     print(outcome.summary, flush=True)
     print(f"report: {outcome.report}", flush=True)
     return outcome.exit_code
 
 
-def add_loadtest_command(sub: Any) -> None:
+def add_loadtest_command(sub: Subcommands) -> None:
     p = sub.add_parser(
         "loadtest",
         help="run a Locust load-test scenario headless; exit 1 when an objective fails",

@@ -83,7 +83,7 @@ def test_script_can_capture_the_key(home) -> None:
 def test_keys_list_says_expired_for_a_key_past_its_expiry() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from llmplat.cli_admin import key_state
+    from llmplat.cli.admin import key_state
     from llmplat.config.teams import ApiKeyRecord
 
     now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)

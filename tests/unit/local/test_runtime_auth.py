@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmplat.runtime import ensure_ray_token, prepare_environment, ray_environment
+from llmplat.local.runtime import ensure_ray_token, prepare_environment, ray_environment
 from llmplat.settings import Settings
 
 

@@ -12,7 +12,6 @@ its URL and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmplat.cli.base import Subcommands
+from llmplat.cli.output import note
 from llmplat.settings import Settings
 
 
@@ -240,21 +241,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         data = collect(url, token, interval_s=args.interval, metrics=metrics)
         text = render(data)
     except StatusError as exc:
-        print(f"llmplat status: {exc}", file=sys.stderr)
+        note(str(exc), command="status")
         return 1
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         # An answer of the right kind but not the expected shape (another service?).
-        print(
-            f"llmplat status: unexpected answer from the platform at {url} "
-            f"({type(exc).__name__}: {exc})",
-            file=sys.stderr,
+        note(
+            f"unexpected answer from the platform at {url} ({type(exc).__name__}: {exc})",
+            command="status",
         )
         return 1
     print(text)
     return 0 if data["ready"].get("status") == "ready" else 3
 
 
-def add_status_command(sub: Any) -> None:
+def add_status_command(sub: Subcommands) -> None:
     p = sub.add_parser("status", help="models, replicas, load and team usage of a running platform")
     p.add_argument("--url", help="platform URL (default http://LLMPLAT_HOST:LLMPLAT_PORT)")
     p.add_argument(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmplat.local_cluster import LocalClusterError, plan_local_nodes, raylet_command
+from llmplat.local.cluster import LocalClusterError, plan_local_nodes, raylet_command
 
 
 def test_cores_split_contiguously_head_first() -> None:

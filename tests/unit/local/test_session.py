@@ -14,9 +14,9 @@ import threading
 
 import pytest
 
-from llmplat.cli import serve_command, session_plan
+from llmplat.cli.serve import serve_command, session_plan
 from llmplat.config.loader import load_platform
-from llmplat.session import (
+from llmplat.local.session import (
     SessionError,
     autogroup_enabled,
     autogroup_nice,

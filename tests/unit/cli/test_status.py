@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from llmplat.autoscaling.report import DecisionEvent, ScaleReport
 from llmplat.cli import main
-from llmplat.cli_status import decisions_by_model, metrics_url, render, replicas_by_model
+from llmplat.cli.status import decisions_by_model, metrics_url, render, replicas_by_model
 from llmplat.observability.metrics import GatewayMetrics
 
 

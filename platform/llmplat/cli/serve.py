@@ -1,4 +1,4 @@
-"""`llmplat …`: serve the platform, build the embedded model, administer teams and keys."""
+"""`llmplat serve`: the configured models and the gateway on local (or given) Ray."""
 
 from __future__ import annotations
 
@@ -9,36 +9,12 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
-
-from llmplat import session
-from llmplat.cli_admin import add_admin_commands
-from llmplat.cli_deploy import add_deploy_commands
-from llmplat.cli_loadtest import add_loadtest_command
-from llmplat.cli_plan import add_plan_command
-from llmplat.cli_status import add_status_command
+from llmplat.cli.base import Subcommands
+from llmplat.cli.output import note
 from llmplat.config.loader import ConfigError, LoadedPlatform, load_platform
-from llmplat.session import SessionError
-from llmplat.settings import ENV_PREFIX, Settings
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _progress(msg: str) -> None:
-    _err(f"llmplat: {msg}")
-
-
-def cmd_model_build_tiny(args: argparse.Namespace, settings: Settings) -> int:
-    from llmplat.models.tiny import build_tiny_model, ensure_tiny_model
-
-    if args.out:
-        path = build_tiny_model(Path(args.out), progress=_progress)
-    else:
-        path = ensure_tiny_model(settings.models_dir, progress=_progress)
-    print(path)
-    return 0
+from llmplat.local import session
+from llmplat.local.session import SessionError
+from llmplat.settings import Settings
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,19 +29,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.check_quota_store()
         platform = load_platform(settings.resolved_config(), settings.config_dir)
     except (ConfigError, ValueError) as exc:
-        _err(f"llmplat: {exc}")
+        note(str(exc))
         return 2
     try:
         status = _own_session(args, settings, platform)
     except SessionError as exc:
-        _err(f"llmplat: {exc}")
+        note(str(exc))
         return 2
     if status is not None:
         return status
     admin_generated = settings.admin_token is None and settings.mode == "dev"
     settings = settings.with_dev_key()
 
-    from llmplat.runtime import PlatformStartError, prepare_environment, start_platform
+    from llmplat.local.runtime import PlatformStartError, prepare_environment, start_platform
 
     prepare_environment(settings)  # before anything imports ray.serve
 
@@ -74,9 +50,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from llmplat.serving.builder import build_application, build_models
 
     try:
-        models = build_models(platform, settings, progress=_progress)
+        models = build_models(platform, settings, progress=note)
     except (ConfigError, ModelSourceError) as exc:
-        _err(f"llmplat: {exc}")
+        note(str(exc))
         return 2
     stop = threading.Event()
     # A hang-up too: Ray's daemons run in this session and must be shut down with it.
@@ -86,11 +62,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         running = start_platform(
             settings,
             lambda: build_application(models, settings),
-            progress=_progress,
+            progress=note,
             drain_s=drain_seconds(platform.profiles),
         )
     except PlatformStartError as exc:
-        _err(f"llmplat: failed to start: {exc}")
+        note(f"failed to start: {exc}")
         return 1
     key = settings.dev_api_key.get_secret_value() if settings.dev_api_key else ""
     names = ", ".join(m.model_id for m in models)
@@ -106,9 +82,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stop.wait()
     finally:
-        _progress(f"shutting down (requests in flight get up to {running.drain_s:.0f} s)")
+        note(f"shutting down (requests in flight get up to {running.drain_s:.0f} s)")
         running.shutdown()
-        _progress("stopped")
+        note("stopped")
     return 0
 
 
@@ -118,7 +94,7 @@ def _own_session(
     """Give a local CPU platform a session of its own at a lower CPU autogroup priority.
 
     Returns None to serve from this process, or the exit status of the platform when it
-    ran in a new session started from here (see llmplat.session for why).
+    ran in a new session started from here (see llmplat.local.session for why).
     """
     plan = session_plan(
         settings,
@@ -131,7 +107,7 @@ def _own_session(
     if plan == "renice":
         nice = settings.cpu.autogroup_nice
         session.set_autogroup_nice(nice)
-        _progress(f"serving from its own session at CPU autogroup nice {nice}")
+        note(f"serving from its own session at CPU autogroup nice {nice}")
     return None
 
 
@@ -158,10 +134,7 @@ def serve_command(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmplat", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_serve_command(sub: Subcommands) -> None:
     serve = sub.add_parser("serve", help="serve the configured models on local Ray")
     serve.add_argument(
         "--config",
@@ -176,42 +149,3 @@ def build_parser() -> argparse.ArgumentParser:
         "that span nodes (default LLMPLAT_LOCAL__NODES or 1)",
     )
     serve.set_defaults(func=cmd_serve)
-
-    model = sub.add_parser("model", help="models llmplat builds itself")
-    model_sub = model.add_subparsers(dest="model_command", required=True)
-    tiny = model_sub.add_parser(
-        "build-tiny", help="build the embedded tiny Mixtral-architecture model offline"
-    )
-    tiny.add_argument("--out", help="output directory (default: $LLMPLAT_HOME/models)")
-    tiny.set_defaults(func=cmd_model_build_tiny)
-
-    add_admin_commands(sub)
-    add_status_command(sub)
-    add_loadtest_command(sub)
-    add_plan_command(sub)
-    add_deploy_commands(sub)
-    return parser
-
-
-def load_settings() -> Settings:
-    """The environment's settings, or exit 2 with one line per problem (never a value)."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
-            where = "__".join(str(part) for part in error["loc"]).upper()
-            name = f"{ENV_PREFIX}{where}: " if where else ""
-            message = error["msg"].removeprefix("Value error, ")
-            print(f"llmplat: invalid setting {name}{message}", file=sys.stderr)
-    except ValueError as exc:  # a *_FILE variable that cannot be read, or doubly set
-        print(f"llmplat: invalid setting: {exc}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args, load_settings()))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmplat.engine.multinode import free_port
 from llmplat.engine.placement_status import REPLICA_PG_PREFIX
-from llmplat.local_cluster import (
+from llmplat.local.cluster import (
     LOCAL_HEAD_RESOURCE,
     LocalClusterError,
     WorkerRaylets,

@@ -182,7 +182,7 @@ def test_settings_reach_the_pods(rendered) -> None:
     assert env["LLMPLAT_QUOTAS__BACKEND"] == "redis" and env["LLMPLAT_GATEWAY__REPLICAS"] == "2"
     assert env["LLMPLAT_GATEWAY__RAY_RESOURCE"] == "llmplat_gateway"
     assert env["LLMPLAT_MODE"] == "production"
-    assert env["RAY_worker_niceness"] == "0"  # from llmplat.runtime, as `llmplat serve` sets it
+    assert env["RAY_worker_niceness"] == "0"  # from llmplat.local.runtime, as `llmplat serve` sets it
     dev = env_of(rendered["dev-cpu"])
     assert dev["LLMPLAT_QUOTAS__BACKEND"] == "memory" and dev["LLMPLAT_GATEWAY__REPLICAS"] == "1"
     assert dev["LLMPLAT_CPU__OMP_THREADS_BIND"] == "0"  # 2 cores: one left to the scheduler

@@ -7,14 +7,14 @@ so scripts can capture it: ``KEY=$(llmplat keys create --team ci)``.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.store import StoreError
+from llmplat.cli.base import Handler, Subcommands
+from llmplat.cli.output import note, print_json, stderr
 from llmplat.config.teams import ApiKeyRecord, Team
 from llmplat.settings import Settings
 from llmplat.stores import open_key_store
@@ -76,23 +76,19 @@ def _key_line(k: ApiKeyRecord) -> str:
     )
 
 
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
 def cmd_teams(args: argparse.Namespace, settings: Settings) -> int:
     admin = _admin(settings)
     if args.teams_command == "list":
         teams = admin.list_teams()
         if args.json:
-            _print_json([t.model_dump(mode="json") for t in teams])
+            print_json([t.model_dump(mode="json") for t in teams])
         else:
             for t in teams:
                 print(_team_line(t))
         return 0
     if args.teams_command == "delete":
         admin.delete_team(args.name)
-        print(f"deleted team '{args.name}' and its keys", file=sys.stderr)
+        stderr(f"deleted team '{args.name}' and its keys")
         return 0
     fields: dict[str, Any] = {}
     if args.models is not None:
@@ -121,14 +117,14 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     if args.keys_command == "list":
         keys = admin.list_keys(args.team)
         if args.json:
-            _print_json([k.model_dump(mode="json", exclude={"secret_sha256"}) for k in keys])
+            print_json([k.model_dump(mode="json", exclude={"secret_sha256"}) for k in keys])
         else:
             for k in keys:
                 print(_key_line(k))
         return 0
     if args.keys_command == "revoke":
         key = admin.revoke_key(args.key_id)
-        print(f"revoked key '{key.key_id}' of team '{key.team}'", file=sys.stderr)
+        stderr(f"revoked key '{key.key_id}' of team '{key.team}'")
         return 0
     if args.keys_command == "rotate":
         issued = admin.rotate_key(args.key_id)
@@ -137,21 +133,20 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             args.team, name=args.name, expires_in=args.expires_in, limits=_limits(args)
         )
     rec = issued.record
-    print(
+    stderr(
         f"created key '{rec.key_id}' for team '{rec.team}'"
         + (f" (replaces '{args.key_id}', now revoked)" if args.keys_command == "rotate" else "")
-        + ". It is shown once; store it now.",
-        file=sys.stderr,
+        + ". It is shown once; store it now."
     )
     print(issued.plaintext, flush=True)
     return 0
 
 
-def run_admin(func: Any, args: argparse.Namespace, settings: Settings) -> int:
+def run_admin(func: Handler, args: argparse.Namespace, settings: Settings) -> int:
     try:
         return int(func(args, settings))
     except StoreError as exc:
-        print(f"llmplat: {exc}", file=sys.stderr)
+        note(str(exc))
         return 1
 
 
@@ -162,7 +157,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, help="requests in flight at once")
 
 
-def add_admin_commands(sub: Any) -> None:
+def add_admin_commands(sub: Subcommands) -> None:
     teams = sub.add_parser("teams", help="create, list, update and delete teams")
     tsub = teams.add_subparsers(dest="teams_command", required=True)
     for name in ("create", "update"):

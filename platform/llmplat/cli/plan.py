@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from llmplat.cli.base import Subcommands
+from llmplat.cli.output import note, print_json
 from llmplat.planner import (
     Fleet,
     GeometryError,
@@ -94,13 +94,16 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     try:
         rc, lines, data = run_plan(args, settings)
     except (GeometryError, GpuTableError, ValueError) as exc:
-        print(f"llmplat: {exc}", file=sys.stderr)
+        note(str(exc))
         return 2
-    print(json.dumps(data, indent=2) if args.json else "\n".join(lines))
+    if args.json:
+        print_json(data)
+    else:
+        print("\n".join(lines))
     return rc
 
 
-def add_plan_command(sub: Any) -> None:
+def add_plan_command(sub: Subcommands) -> None:
     p = sub.add_parser(
         "plan",
         help="which sharding layouts of a model fit a GPU fleet (and why the others don't)",

@@ -12,17 +12,13 @@ Installing, upgrading and rolling back stay with Helm.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from llmplat.cli.base import Subcommands
+from llmplat.cli.output import note, stderr
 from llmplat.settings import Settings
-
-
-def _err(msg: str) -> None:
-    print(f"llmplat: {msg}", file=sys.stderr)
 
 
 def cmd_serve_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -33,7 +29,7 @@ def cmd_serve_config(args: argparse.Namespace, settings: Settings) -> int:
         profiles = [load_profile(ref, settings.config_dir) for ref in args.model]
         config = serve_config(profiles, log_level=settings.log_level)
     except (ConfigError, ValueError) as exc:
-        _err(str(exc))
+        note(str(exc))
         return 2
     print(yaml.safe_dump(config, sort_keys=False, width=100), end="")
     return 0
@@ -49,10 +45,10 @@ def cmd_values(args: argparse.Namespace, settings: Settings) -> int:
             for name in args.refresh:
                 path = Path(name)
                 write_block(path, regenerate(read_block(path), settings.config_dir))
-                print(f"refreshed {path}", file=sys.stderr)
+                stderr(f"refreshed {path}")
             return 0
         if not args.model:
-            _err("name the profiles (--model, repeatable) or files to --refresh")
+            note("name the profiles (--model, repeatable) or files to --refresh")
             return 2
         from llmplat.k8s.values import layout_values
 
@@ -64,17 +60,17 @@ def cmd_values(args: argparse.Namespace, settings: Settings) -> int:
             gpu_tables=[Path(p) for p in args.gpus or ()],
         )
     except (ConfigError, GeometryError, GpuTableError, ValueError, OSError) as exc:
-        _err(str(exc))
+        note(str(exc))
         return 2
     if args.write:
         write_block(Path(args.write), generated)
-        print(f"wrote the generated block of {args.write}", file=sys.stderr)
+        stderr(f"wrote the generated block of {args.write}")
     else:
         print(render_block(generated), end="")
     return 0
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_deploy_status(args: argparse.Namespace, settings: Settings) -> int:
     from llmplat.k8s.status import (
         StatusError,
         custom_objects_api,
@@ -92,13 +88,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         )
         summary = summarize(read_rayservice(api, namespace, args.name))
     except StatusError as exc:
-        _err(str(exc))
+        note(str(exc))
         return 1
     print(render(summary))
     return 0 if summary.ready else 3
 
 
-def add_deploy_commands(sub: Any) -> None:
+def add_deploy_commands(sub: Subcommands) -> None:
     deploy = sub.add_parser("deploy", help="Kubernetes: Serve config and Helm values, status")
     dsub = deploy.add_subparsers(dest="deploy_command", required=True)
 
@@ -136,4 +132,4 @@ def add_deploy_commands(sub: Any) -> None:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=cmd_deploy_status)
