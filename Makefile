@@ -112,8 +112,12 @@ chart-values: $(STAMP)
 manifests: $(STAMP) chart-files chart-values
 	cd tests && ../$(BIN)/python -m support.chart write-kustomize
 
+# ruff; the package layers and their independence (pyproject: [tool.importlinter]); dead code
+# (vulture: pyproject's [tool.vulture], framework hooks named in tools/vulture_whitelist.py).
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests benchmarks loadtests deploy
+	$(BIN)/ruff check platform tests benchmarks loadtests deploy tools
+	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor,
 # a page missing from nav or a missing included README fails the build.
