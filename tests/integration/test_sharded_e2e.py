@@ -68,7 +68,6 @@ class Sharded:
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
     engine_metrics_url: str
-    stopped: bool = False
 
     def client(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=self.key, max_retries=0)

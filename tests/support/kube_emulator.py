@@ -160,10 +160,6 @@ class KubeEmulator(k8s.KubernetesEmulator):
     async def _serve_version_info(self, request: rendering.Request) -> rendering.Payload:
         return dict(SERVER_VERSION)
 
-    @property
-    def resource_version(self) -> int:
-        return self._clock.current
-
     def compact(self) -> None:
         """Forget the event log, like etcd compaction: resuming a watch from any version
         before now gets 410 Gone (the client must re-list)."""

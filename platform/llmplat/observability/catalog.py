@@ -154,8 +154,6 @@ ENGINE_METRICS: Final[tuple[MetricSpec, ...]] = (
 
 SERVE_REPLICA_LABELS: Final = ("deployment", "replica", "application")
 SERVE_DEPLOYMENT_LABELS: Final = ("deployment", "application")
-ENGINE_DEPLOYMENT_REGEX: Final = ".*LLMServer:.*"
-"""Matches every model deployment (and not the Gateway) in ``deployment=~"..."``."""
 
 
 def _serve(upstream: str, kind: Kind, labels: tuple[str, ...]) -> MetricSpec:

@@ -21,10 +21,6 @@ from .conftest import TOKEN_DELAY_S
 LOADTESTS = Settings().loadtest.dir
 
 
-def _files_containing(root: Path, secret: str) -> list[str]:
-    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-
-
 async def test_noisy_neighbour_run_limits_the_noisy_team_only(paced_url: str, tmp_path: Path):
     scenario = load_scenario("noisy-neighbour", LOADTESTS).scaled(duration_s=9)
     out = tmp_path / "out"
