@@ -4,6 +4,8 @@ leaf modules: ``llmplat.errors``, ``llmplat.observability.record``)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "platform" / "llmplat"
@@ -59,3 +61,14 @@ def test_no_package_imports_itself_through_others() -> None:
 
 def test_the_check_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_import_contracts_hold() -> None:
+    """pyproject's [tool.importlinter] contracts (layers, independence, no web framework
+    below the web layer, no module-level cycles), as `make lint` checks them."""
+    repo = ROOT.parents[1]
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    done = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
