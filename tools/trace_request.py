@@ -11,7 +11,7 @@ same module are merged into one visit.
 
 Prints: steps (transitions from one module to another), distinct modules, re-entries
 (entering a module already left earlier) and immediate A→B→A bounces, then the modules
-re-entered most. ``--show`` prints the whole sequence.
+re-entered most, and the re-entries per package. ``--show`` prints the whole sequence.
 """
 
 from __future__ import annotations
@@ -164,6 +164,10 @@ def main() -> None:
     print(f"  re-entries:                 {s.reentries}")
     print(f"  immediate A->B->A bounces:  {s.bounces}")
     print("  re-entered most: " + ", ".join(f"{m} {n}" for m, n in s.reentered.most_common(6)))
+    packages: Counter[str] = Counter()
+    for module, n in s.reentered.items():
+        packages[module.split(".")[0]] += n
+    print("  re-entries by package: " + ", ".join(f"{p} {n}" for p, n in packages.most_common()))
 
 
 if __name__ == "__main__":

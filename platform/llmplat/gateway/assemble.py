@@ -11,14 +11,8 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.scaling import ReportSource
-from llmplat.gateway.state import (
-    GatewayConfig,
-    GatewayState,
-    RequestRecord,
-    build_state,
-    log_record,
-)
-from llmplat.observability.audit import AuditLog
+from llmplat.gateway.state import GatewayConfig, GatewayState, build_state, log_record
+from llmplat.observability.audit import AuditLog, AuditRecorder
 from llmplat.observability.metrics import GatewayMetrics
 from llmplat.quotas.service import QuotaService
 from llmplat.stores import open_key_store, open_quota_store
@@ -57,14 +51,6 @@ def assemble_state(
     state.on_shutdown.append(lambda: state.executor.shutdown(wait=False))
     if config.audit_sink is not None:
         audit = AuditLog(config.audit_sink)
-
-        def record(rec: RequestRecord) -> None:
-            # The audit line has every request; the server log only the failures (a log
-            # record through Ray's handlers cost ~7 % of the gateway's CPU per request).
-            if rec.status >= 500:
-                log_record(rec)
-            audit.write(rec)
-
-        state.on_finish = record
+        state.on_finish = AuditRecorder(audit, log_record)
         state.on_shutdown.append(audit.close)
     return state

@@ -32,7 +32,7 @@ from llmplat.gateway.errors import (
 from llmplat.gateway.lifecycle import RequestLifecycle
 from llmplat.gateway.middleware import SCOPE_KEY
 from llmplat.gateway.prepare import Prepared, prepare
-from llmplat.gateway.requests import authenticate, client_address
+from llmplat.gateway.requests import authenticate, client_address, read_body
 from llmplat.gateway.state import GatewayModel, GatewayState
 from llmplat.gateway.streaming import relay_stream
 from llmplat.gateway.usage import Usage
@@ -67,7 +67,8 @@ class GenerationHandler:
             principal = await authenticate(state, request)
             life.identified(principal)
             await state.quotas.precheck(principal)
-            prepared = await prepare(state, principal, request, method)
+            raw = await read_body(request, state.config.max_request_bytes)
+            prepared = await prepare(state, principal, raw, method)
             life.prepared(
                 prepared.model.model_id, prepared.stream, prepared.prompt_tokens, prepared.choices
             )
@@ -177,6 +178,7 @@ class GenerationHandler:
             first,
             upstream,
             life,
+            life.streaming(),
             client_wants_usage=prepared.client_wants_usage,
             client_wants_continuous_usage=prepared.client_wants_continuous_usage,
             deadline=life.deadline,

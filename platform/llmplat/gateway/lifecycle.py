@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmplat.gateway.backends import GuardedCall, UpstreamCall
@@ -43,11 +43,19 @@ CLIENT_CLOSED = 499
 
 
 @dataclass
+class ChunkTimes:
+    """When the stream relay handed the first and the last chunk of generated output to the
+    client (clock time). The relay writes them; the lifecycle reads them at the end."""
+
+    first: float | None = None
+    last: float | None = None
+
+
+@dataclass
 class _Stream:
     """What the relay reported; taken into the record when the request concludes."""
 
-    first_chunk_at: float | None = None
-    last_chunk_at: float | None = None
+    times: ChunkTimes = field(default_factory=ChunkTimes)
     status: int | None = None
     error: str | None = None
     error_code: str | None = None
@@ -146,10 +154,10 @@ class RequestLifecycle:
 
     def engine_called(self, call: UpstreamCall) -> GuardedCall:
         """The engine call is made: from now on the engine may be working for us."""
-        self.call = GuardedCall(call)
         record = self.record
         self._state.metrics.started(record.team or "", record.model or "")
         record.in_flight = True
+        self.call = GuardedCall(call)
         return self.call
 
     def engine_called_again(self, call: UpstreamCall) -> GuardedCall:
@@ -178,29 +186,33 @@ class RequestLifecycle:
         await self.settle()
         self.status = 200
 
-    # -- the stream (reported by the relay: a ``StreamSink``) ----------------------------
+    # -- the stream (then reported by the relay: a ``StreamSink``) -----------------------
 
-    def chunk_relayed(self, at: float) -> None:
-        stream = self._stream = self._stream or _Stream()
-        stream.last_chunk_at = at
-        if stream.first_chunk_at is None:
-            stream.first_chunk_at = at
+    def streaming(self) -> ChunkTimes:
+        """The answer is a stream; the relay keeps the returned chunk times."""
+        self._stream = _Stream()
+        return self._stream.times
 
     def stream_ended(self, error: str | None) -> None:
-        stream = self._stream = self._stream or _Stream()
+        stream = self._reported()
         stream.error = error
         stream.status, stream.error_code = (200, None) if error is None else (502, "engine_error")
 
     def stream_failed(self, error: str, *, timeout: bool) -> None:
-        stream = self._stream = self._stream or _Stream()
+        stream = self._reported()
         stream.error, stream.status = error, 504 if timeout else 502
         stream.error_code = "timeout" if timeout else "engine_error"
         self.engine_dropped()
 
     def stream_cut(self, error: str) -> None:
-        stream = self._stream = self._stream or _Stream()
+        stream = self._reported()
         stream.error = error
         self.engine_dropped()
+
+    def _reported(self) -> _Stream:
+        if self._stream is None:  # reported by a relay the handler did not start
+            self._stream = _Stream()
+        return self._stream
 
     # -- billing -------------------------------------------------------------------------
 
@@ -233,8 +245,9 @@ class RequestLifecycle:
         if self.finished:
             return
         self.record.response_bytes = sent_bytes
+        usage = self.billed()
         if self._stream is not None:
-            self._take_stream(self._stream)
+            self._take_stream(self._stream, usage)
         status = self.status
         if status is None or (not delivered and status < 400):
             # Nothing sent in full, and nothing failed on our side: the client left (or the
@@ -242,21 +255,21 @@ class RequestLifecycle:
             status = 504 if self.timed_out else CLIENT_CLOSED
             if self.timed_out:
                 self.record.error_code = "timeout"
-        self._finish(status)
+        self._finish(status, usage)
 
     def shut_down(self) -> None:
         """The replica is stopping while the request runs: end it now (a 503)."""
         self.record.error_code = "shutdown"
-        self._finish(503, "the gateway shut down while the request was running")
+        error = "the gateway shut down while the request was running"
+        self._finish(503, self.billed(), error)
 
-    def _take_stream(self, stream: _Stream) -> None:
-        record = self.record
-        if stream.first_chunk_at is not None:
-            record.first_token_s = stream.first_chunk_at - record.started
-            generated = self.tracker.delivered(0).completion_tokens
-            if generated > 1 and stream.last_chunk_at is not None:
-                span = stream.last_chunk_at - stream.first_chunk_at
-                record.inter_token_s = span / (generated - 1)
+    def _take_stream(self, stream: _Stream, usage: Usage | None) -> None:
+        record, times = self.record, stream.times
+        if times.first is not None:
+            record.first_token_s = times.first - record.started
+            generated = (usage or self.tracker.delivered(0)).completion_tokens
+            if generated > 1 and times.last is not None:
+                record.inter_token_s = (times.last - times.first) / (generated - 1)
         if stream.status is not None:
             self.status = stream.status
             if stream.status >= 400:
@@ -264,10 +277,10 @@ class RequestLifecycle:
         elif stream.error is not None:
             record.error = stream.error
 
-    def _finish(self, status: int, error: str | None = None) -> None:
+    def _finish(self, status: int, usage: Usage | None, error: str | None = None) -> None:
         """Idempotent and synchronous, so cancellation cannot interrupt it halfway: cancel
-        the engine call unless it completed, settle (as a task of its own), release the
-        in-flight slot, record metrics and the audit line."""
+        the engine call unless it completed, settle ``usage`` (as a task of its own),
+        release the in-flight slot, record metrics and the audit line."""
         if self.finished:
             return
         self.finished = True
@@ -277,7 +290,6 @@ class RequestLifecycle:
             self._renewal.cancel()
         if self.call is not None:
             self.call.cancel()
-        usage = self.billed()
         record.usage = usage
         record.status = status
         if error is not None:

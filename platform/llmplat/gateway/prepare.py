@@ -1,10 +1,10 @@
-"""Body → engine request, in one direction: read, parse, check the team's policy, validate,
+"""Body → engine request, in one direction: parse, check the team's policy, validate,
 encode, count.
 
-Everything after reading the body is CPU work on one request (JSON parsing, request-model
-validation, fill-in-the-middle encoding, prompt tokenization), so it runs off the event loop
-for any body that is not tiny (see ``INLINE_BODY_BYTES``). The fields a client may send at
-all are the table in ``gateway.surface``.
+All of it is CPU work on one request (JSON parsing, request-model validation,
+fill-in-the-middle encoding, prompt tokenization), so it runs off the event loop for any
+body that is not tiny (see ``INLINE_BODY_BYTES``). The fields a client may send at all are
+the table in ``gateway.surface``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
 
 from llmplat.auth.base import Principal
 from llmplat.engine.protocol import (
@@ -27,7 +26,7 @@ from llmplat.engine.protocol import (
 from llmplat.gateway.backends import Method
 from llmplat.gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from llmplat.gateway.fim import apply_fim
-from llmplat.gateway.requests import parse_json_object, read_body
+from llmplat.gateway.requests import parse_json_object
 from llmplat.gateway.state import GatewayModel, GatewayState
 from llmplat.gateway.surface import CHAT_FIELDS, COMPLETION_FIELDS, screen_fields
 
@@ -66,11 +65,10 @@ def unknown_model(model_id: str) -> NotFound:
 
 
 async def prepare(
-    state: GatewayState, principal: Principal, request: Request, method: Method
+    state: GatewayState, principal: Principal, raw: bytes, method: Method
 ) -> Prepared:
-    """Read the body of ``request`` and make it an engine request for ``principal``; raise
-    an APIError (4xx) on bad input."""
-    raw = await read_body(request, state.config.max_request_bytes)
+    """Make the body ``raw`` an engine request for ``principal`` (on the event loop, or in
+    the gateway's worker threads for a large body); raise an APIError (4xx) on bad input."""
     if len(raw) <= INLINE_BODY_BYTES:
         return prepare_body(state, principal, raw, method)
     return await asyncio.get_running_loop().run_in_executor(

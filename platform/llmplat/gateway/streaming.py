@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from llmplat.engine.protocol import ErrorResponse
 from llmplat.gateway.errors import UpstreamError, from_engine_error, sse_error_event
+from llmplat.gateway.lifecycle import ChunkTimes
 from llmplat.gateway.usage import UsageTracker
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,12 @@ log = logging.getLogger(__name__)
 DONE = "data: [DONE]\n\n"
 CLIENT_DISCONNECTED = "client disconnected"
 
-__all__ = ["CLIENT_DISCONNECTED", "DONE", "StreamSink", "relay_stream"]
-
 
 class StreamSink(Protocol):
-    """What the relay reports, in order: chunks, then the engine done, then one end (or,
-    when the client left first, ``stream_cut``)."""
+    """What the relay reports, in order: the engine done, then one end (or, when the client
+    left first, ``stream_cut``)."""
 
     tracker: UsageTracker
-
-    def chunk_relayed(self, at: float) -> None:
-        """A chunk of generated output went to the client at ``at`` (clock time)."""
-        ...
 
     def engine_done(self) -> None:
         """The engine call ran to its end (nothing to cancel)."""
@@ -68,7 +63,7 @@ def _decode(chunk: str) -> dict[str, Any] | None:
 
 
 def _without_usage(data: dict[str, Any]) -> str:
-    data.pop("usage", None)
+    data = {k: v for k, v in data.items() if k != "usage"}
     return f"data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
@@ -82,6 +77,7 @@ async def relay_stream(
     first: Any,
     rest: AsyncIterator[Any],
     sink: StreamSink,
+    times: ChunkTimes,
     *,
     client_wants_usage: bool,
     deadline: float,
@@ -122,10 +118,12 @@ async def relay_stream(
                         continue
                 else:
                     if '"usage":{' in item and (data := _decode(item)) is not None:
-                        tracker.observe(data)
                         if not client_wants_continuous_usage:
                             item = _without_usage(data)
-                    sink.chunk_relayed(clock())
+                        tracker.observe(data)
+                    times.last = clock()
+                    if times.first is None:
+                        times.first = times.last
                 out.append(item)
             if out:
                 yield "".join(out)

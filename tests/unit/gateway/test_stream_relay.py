@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from llmplat.engine.protocol import CompletionRequest
+from llmplat.gateway.lifecycle import ChunkTimes
 from llmplat.gateway.streaming import relay_stream
 from llmplat.gateway.usage import UsageTracker
 from support import MODEL
@@ -22,11 +23,7 @@ class _Sink:
     """Records what the relay reports (the request's lifecycle in the gateway)."""
 
     tracker: UsageTracker = field(default_factory=UsageTracker)
-    chunks: int = 0
     events: list[Any] = field(default_factory=list)
-
-    def chunk_relayed(self, at: float) -> None:
-        self.chunks += 1
 
     def engine_done(self) -> None:
         self.events.append("engine_done")
@@ -62,11 +59,12 @@ async def test_a_whole_stream_in_one_batch(gateway, client_wants_usage: bool) ->
     # The engine's whole stream, as one list (LLMServer batches what is queued).
     batch = [item async for items in backend.call("completions", request) for item in items]
     assert batch[-1] == "data: [DONE]\n\n" and '"choices":[]' in batch[-2]
-    sink = _Sink()
+    sink, times = _Sink(), ChunkTimes()
     relayed = relay_stream(
         batch,
         _nothing(),
         sink,
+        times,
         client_wants_usage=client_wants_usage,
         deadline=math.inf,
         clock=time.monotonic,
@@ -76,6 +74,7 @@ async def test_a_whole_stream_in_one_batch(gateway, client_wants_usage: bool) ->
     assert sum('"choices":[]' in e for e in events) == int(client_wants_usage)
     assert all('"usage"' not in e for e in events if '"choices":[]' not in e)  # per-chunk
     # Three chunks relayed, the engine call completed (never cancelled), no error: a 200.
-    assert sink.chunks == 3
+    assert sum('"choices":[{' in e for e in events) == 3
+    assert times.first is not None and times.last is not None and times.first <= times.last
     assert sink.events == ["engine_done", ("ended", None)]
     assert sink.tracker.delivered(0).completion_tokens == 3
