@@ -3,7 +3,6 @@ error handlers. A generation request is served by ``gateway.handler.GenerationHa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -20,9 +19,8 @@ from llmplat.gateway.errors import APIError, InvalidRequest, NotFound, error_res
 from llmplat.gateway.handler import GenerationHandler
 from llmplat.gateway.middleware import LifecycleMiddleware
 from llmplat.gateway.prepare import unknown_model
-from llmplat.gateway.readiness import ReadinessCache
+from llmplat.gateway.readiness import ReadinessCache, check_models
 from llmplat.gateway.requests import authenticate
-from llmplat.gateway.scaling import scale_state
 from llmplat.gateway.state import GatewayModel, GatewayState
 
 log = logging.getLogger(__name__)
@@ -59,12 +57,7 @@ def create_app(state: GatewayState) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    async def check_models() -> dict[str, str]:
-        ids = [m.model_id for m in state.config.models]
-        results = await asyncio.gather(*(_model_ready(state, m) for m in ids))
-        return dict(zip(ids, results, strict=True))
-
-    readiness = ReadinessCache(check_models)
+    readiness = ReadinessCache(lambda: check_models(state))
     app.state.readiness = readiness
 
     @app.get("/readyz")
@@ -148,21 +141,3 @@ def _card(model: GatewayModel) -> dict[str, Any]:
         "owned_by": "llmplat",
         "max_model_len": model.max_model_len,
     }
-
-
-async def _model_ready(state: GatewayState, model_id: str) -> str:
-    model = state.model(model_id)
-    if model is not None and model.autoscaled:
-        # Never ask a model at zero replicas: the health call itself would wake it.
-        scaled = scale_state(state.scale.report(model_id), model.min_replicas)
-        if scaled is not None:
-            return scaled
-    try:
-        await asyncio.wait_for(
-            state.backends[model_id].check_health(), state.config.ready_timeout_s
-        )
-        return "ready"
-    except TimeoutError:
-        return "not answering"
-    except Exception as exc:  # readiness reports, it does not raise
-        return f"unhealthy: {type(exc).__name__}"

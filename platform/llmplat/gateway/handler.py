@@ -77,7 +77,6 @@ class GenerationHandler:
             upstream, first = await self._call_engine(life, prepared, method)
             return await self._answer(life, prepared, upstream, first, headers)
         except APIError as err:
-            life.refused(err)
             if (
                 life.admitted is None
                 and life.principal is not None
@@ -87,6 +86,7 @@ class GenerationHandler:
                 # refused it (validation, the pre-check, admission itself).
                 headers.update(await state.quotas.headers_for(life.principal))
             err.headers = {**headers, **err.headers}
+            life.refused(err)
             raise
         except Exception as exc:
             life.failed(exc)

@@ -80,7 +80,7 @@ class RequestLifecycle:
         """The prompt as counted at admission (billed when the engine never said)."""
         self.engine_refused = False
         self.status: int | None = None
-        """The status the response carries (set by the handler or the stream relay)."""
+        """The status the response carries (from the events that say how it ended)."""
         self.timed_out = False
         self.finished = False
         self.settlement: asyncio.Future[None] | None = None
@@ -242,9 +242,9 @@ class RequestLifecycle:
 
     def conclude(self, delivered: bool, sent_bytes: int) -> None:
         """Called by the middleware when the ASGI call is over, whatever ended it."""
+        self.record.response_bytes = sent_bytes
         if self.finished:
             return
-        self.record.response_bytes = sent_bytes
         usage = self.billed()
         if self._stream is not None:
             self._take_stream(self._stream, usage)
