@@ -2,16 +2,13 @@
 
 A :class:`RequestLifecycle` owns, for one request, the quota reservation (and its lease
 renewal), the engine call, the usage learned from the engine, the in-flight gauge and the
-record that becomes the audit line and the metrics. The request's handler tells it what
-happened, one method per event (``identified``, ``prepared``, ``admit``, ``engine_called``,
-``engine_done``, ``answered``, ``refused``, ``failed``…); the stream relay reports through
-the same methods. Nothing else writes its fields or the record's.
-
-It ends exactly once (``conclude``, from ``gateway.middleware``, or ``shut_down``): the
-engine call is cancelled when nobody will read it, the reservation is settled to what the
-engine did, the slot is released, and one record is written with the real outcome (200 only
-once the last byte was handed to the server, 499 when the client went away, 502/504 for
-engine failures and timeouts).
+record that becomes the audit line and the metrics. The handler (and the stream relay) tell
+it what happened, one method per event; nothing else writes its fields or the record's.
+It ends exactly once (``conclude`` from ``gateway.middleware``, or ``shut_down``): the
+engine call is cancelled unless it completed, the reservation is settled to what the engine
+did, the slot is released, and one record is written with the real outcome (200 only once
+the last byte was handed to the server, 499 when the client went away, 502/504 for engine
+failures and timeouts).
 
 Billing rule: a request the gateway or the engine refused (4xx before any work) costs
 nothing; every request the engine accepted costs its prompt plus the completion tokens the
