@@ -15,8 +15,8 @@ import time
 from prometheus_client import CollectorRegistry
 
 from llmplat.gateway.state import RequestRecord
-from llmplat.gateway.streaming import Usage
 from llmplat.observability.metrics import GatewayMetrics
+from llmplat.observability.record import Usage
 
 TEAMS = [f"team-{i}" for i in range(50)]
 MODELS = ("mixtral-8x22b", "tiny-mixtral")

@@ -13,15 +13,10 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.scaling import ReportSource
-from llmplat.gateway.state import (
-    GatewayConfig,
-    GatewayState,
-    RequestRecord,
-    build_state,
-    log_record,
-)
-from llmplat.observability.audit import AuditLog
+from llmplat.gateway.state import GatewayConfig, GatewayState, build_state, log_record
+from llmplat.observability.audit import AuditLog, AuditRecorder
 from llmplat.observability.metrics import GatewayMetrics
+from llmplat.observability.record import RequestRecord
 from llmplat.quotas.service import QuotaService
 from llmplat.stores import open_key_store, open_quota_store
 
@@ -54,15 +49,7 @@ def assemble_state(
     closing: list[Callable[[], Any]] = [quota_store.close]  # after settlements still running
     if config.audit_sink is not None:
         audit = AuditLog(config.audit_sink)
-
-        def record(rec: RequestRecord) -> None:
-            # The audit line has every request; the server log only the failures (a log
-            # record through Ray's handlers cost ~7 % of the gateway's CPU per request).
-            if rec.status >= 500:
-                log_record(rec)
-            audit.write(rec)
-
-        on_finish = record
+        on_finish = AuditRecorder(audit, log_record)
         closing.append(audit.close)
     return build_state(
         config,

@@ -8,10 +8,13 @@ objects; otherwise one response object or ``ErrorResponse``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
 from llmplat.engine.protocol import GenerationRequest, LLMEngine
+
+log = logging.getLogger(__name__)
 
 Method = Literal["chat", "completions"]
 
@@ -22,6 +25,30 @@ class UpstreamCall(Protocol):
     def __aiter__(self) -> AsyncIterator[Any]: ...
 
     def cancel(self) -> None: ...
+
+
+class GuardedCall:
+    """An engine call whose cancellation is idempotent and skipped once it completed.
+
+    The request's lifecycle owns it: only it marks the call completed or cancels it.
+    """
+
+    def __init__(self, call: UpstreamCall) -> None:
+        self._call = call
+        self.completed = False
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._call.__aiter__()
+
+    def cancel(self) -> None:
+        if self.completed or self.cancelled:
+            return
+        self.cancelled = True
+        try:
+            self._call.cancel()
+        except Exception as exc:  # cancelling must never break finalisation
+            log.warning("cancelling an engine call failed: %s: %s", type(exc).__name__, exc)
 
 
 class ModelBackend(Protocol):

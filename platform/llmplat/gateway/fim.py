@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
+
+from llmplat.gateway.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +57,27 @@ def load_fim_encoder(model_dir: str | Path) -> FimEncoder | None:
     except Exception as exc:  # a v1/v2 tokenizer: FIM unsupported, which is an answer
         log.info("no fill-in-the-middle for %s: %s", path, exc)
         return None
+
+
+def apply_fim(body: dict[str, Any], suffix: Any, fim: FimEncoder | None, model: str) -> None:
+    """Replace the body's ``prompt`` with the FIM token ids of ``prompt`` + ``suffix``."""
+    if not isinstance(suffix, str):
+        raise InvalidRequest("'suffix' must be a string.", param="suffix")
+    if fim is None:
+        raise InvalidRequest(
+            f"Model '{model}' does not support fill-in-the-middle: its tokenizer has no "
+            "[SUFFIX]/[PREFIX] control tokens. Send the request without 'suffix'.",
+            param="suffix",
+            code="fim_not_supported",
+        )
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest(
+            "With 'suffix', 'prompt' must be one string (the code before the cursor).",
+            param="prompt",
+        )
+    if body.get("echo"):
+        raise InvalidRequest("'echo' cannot be combined with 'suffix'.", param="echo")
+    body["prompt"] = fim.encode(prompt, suffix)

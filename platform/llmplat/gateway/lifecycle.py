@@ -2,14 +2,13 @@
 
 A :class:`RequestLifecycle` owns, for one request, the quota reservation (and its lease
 renewal), the engine call, the usage learned from the engine, the in-flight gauge and the
-record that becomes the audit line and the metrics. :class:`LifecycleMiddleware` is the
-outermost ASGI layer around the app: whatever ends a request (its last byte sent, an error,
-the client leaving before the response starts or mid-stream, a send that never returns,
-task cancellation by Ray Serve, the hard timeout, shutdown) runs its ``finally``, which
-concludes the lifecycle exactly once: the engine call is cancelled when nobody will read
-it, the reservation is settled to what the engine did, the slot is released, and one record
-is written with the real outcome (200 only once the last byte was handed to the server,
-499 when the client went away, 502/504 for engine failures and timeouts).
+record that becomes the audit line and the metrics. The handler (and the stream relay) tell
+it what happened, one method per event; nothing else writes its fields or the record's.
+It ends exactly once (``conclude`` from ``gateway.middleware``, or ``shut_down``): the
+engine call is cancelled unless it completed, the reservation is settled to what the engine
+did, the slot is released, and one record is written with the real outcome (200 only once
+the last byte was handed to the server, 499 when the client went away, 502/504 for engine
+failures and timeouts).
 
 Billing rule: a request the gateway or the engine refused (4xx before any work) costs
 nothing; every request the engine accepted costs its prompt plus the completion tokens the
@@ -22,59 +21,54 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
+from llmplat.gateway.backends import GuardedCall, UpstreamCall
 from llmplat.gateway.usage import Usage, UsageTracker
+from llmplat.observability.record import RequestRecord
 
 if TYPE_CHECKING:
     from llmplat.auth.base import Principal
-    from llmplat.gateway.backends import UpstreamCall
-    from llmplat.gateway.state import GatewayState, RequestRecord
-    from llmplat.gateway.streaming import StreamOutcome
+    from llmplat.errors import APIError
+    from llmplat.gateway.state import GatewayState
     from llmplat.quotas.service import Admitted
 
 log = logging.getLogger(__name__)
 
-SCOPE_KEY = "llmplat.lifecycle"
-"""Where a generation route leaves its lifecycle in the ASGI scope for the middleware."""
-
 CLIENT_CLOSED = 499
-HARD_TIMEOUT_GRACE_S = 5.0
-"""The middleware's hard stop comes this long after the request timeout: the relay ends a
-stream at the timeout itself; the hard stop catches a send that never returns."""
 
 
-class GuardedCall:
-    """An engine call whose cancellation is idempotent and skipped once it completed."""
+@dataclass
+class ChunkTimes:
+    """When the stream relay handed the first and the last chunk of generated output to the
+    client (clock time). The relay writes them; the lifecycle reads them at the end."""
 
-    def __init__(self, call: UpstreamCall) -> None:
-        self._call = call
-        self.completed = False
-        self.cancelled = False
+    first: float | None = None
+    last: float | None = None
 
-    def __aiter__(self) -> Any:
-        return self._call.__aiter__()
 
-    def cancel(self) -> None:
-        if self.completed or self.cancelled:
-            return
-        self.cancelled = True
-        try:
-            self._call.cancel()
-        except Exception as exc:  # cancelling must never break finalisation
-            log.warning("cancelling an engine call failed: %s: %s", type(exc).__name__, exc)
+@dataclass
+class _Stream:
+    """What the relay reported; taken into the record when the request concludes."""
+
+    times: ChunkTimes = field(default_factory=ChunkTimes)
+    status: int | None = None
+    error: str | None = None
+    error_code: str | None = None
 
 
 class RequestLifecycle:
     """Admission, engine call, billing and the one record of a generation request."""
 
-    def __init__(self, state: GatewayState, record: RequestRecord) -> None:
+    def __init__(
+        self, state: GatewayState, endpoint: str, request_id: str, client: str | None
+    ) -> None:
         self._state = state
-        self.record = record
-        self.deadline = record.started + state.config.gateway.request_timeout_s
+        self.record = RequestRecord(
+            endpoint=endpoint, started=state.clock(), request_id=request_id, client=client
+        )
+        self.deadline = self.record.started + state.config.gateway.request_timeout_s
         self.principal: Principal | None = None
         self.admitted: Admitted | None = None
         self.call: GuardedCall | None = None
@@ -83,50 +77,61 @@ class RequestLifecycle:
         """The prompt as counted at admission (billed when the engine never said)."""
         self.engine_refused = False
         self.status: int | None = None
-        """The status the response carries (set by the route or the stream relay)."""
-        self.stream_outcome: StreamOutcome | None = None
+        """The status the response carries (from the events that say how it ended)."""
         self.timed_out = False
         self.finished = False
         self.settlement: asyncio.Future[None] | None = None
+        self._stream: _Stream | None = None
         self._renewal: asyncio.TimerHandle | None = None
         state.live.add(self)
 
-    # -- admission and forwarding --------------------------------------------------------
+    # -- before the engine ---------------------------------------------------------------
 
-    async def admit(self, principal: Principal, tokens: int) -> Admitted:
-        """Reserve quota; if the request is cancelled meanwhile, a reservation that is still
-        granted afterwards is released at once."""
+    def identified(self, principal: Principal) -> None:
+        """The caller's key was accepted."""
         self.principal = principal
+        self.record.team, self.record.key_id = principal.team, principal.key_id
+
+    def prepared(self, model_id: str, stream: bool, prompt_tokens: int, choices: int) -> None:
+        """The body became an engine request for ``model_id``."""
+        self.record.model, self.record.stream = model_id, stream
+        self.prompt_tokens = prompt_tokens
+        self.tracker.n = choices
+
+    async def admit(self, tokens: int) -> Admitted:
+        """Reserve quota for the identified caller; if the request is cancelled meanwhile, a
+        reservation that is still granted afterwards is released at once."""
+        assert self.principal is not None, "admit() before identified()"
+        state = self._state
         # Tracked in ``pending``: a shutdown (or a test) draining settlements also waits
         # for an abandoned admission and the release it triggers.
-        task = self._state.spawn(self._state.quotas.admit(principal, tokens))
+        task = state.spawn(state.quotas.admit(self.principal, tokens))
         try:
             self.admitted = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(self._release_late)
             raise
         self._schedule_renewal()
+        state.metrics.admitted(self.principal.team, state.clock() - self.record.started)
         return self.admitted
+
+    def refused(self, err: APIError) -> None:
+        """The gateway (or the engine, before any work) answered ``err``."""
+        reason = getattr(err, "quota_reason", None)
+        if reason is not None and self.principal is not None:
+            self._state.metrics.rejected(self.principal.team, reason)
+        self.record.error_code = err.code or err.type
+        self.status, self.record.error = err.status, err.message
+
+    def failed(self, exc: Exception) -> None:
+        """An unexpected error ends the request (a 500)."""
+        self.record.error_code = "internal_error"
+        self.status, self.record.error = 500, f"{type(exc).__name__}: {exc}"
 
     def _release_late(self, task: asyncio.Future[Admitted]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
         self._state.spawn(self._state.quotas.settle(task.result(), 0))
-
-    def forward(self, call: UpstreamCall) -> GuardedCall:
-        """The engine call is made: from now on the engine may be working for us."""
-        self.call = GuardedCall(call)
-        record = self.record
-        self._state.metrics.started(record.team or "", record.model or "")
-        record.in_flight = True
-        return self.call
-
-    def reforward(self, call: UpstreamCall) -> GuardedCall:
-        """The engine call is made again (its replica went away before answering)."""
-        if self.call is not None:
-            self.call.cancel()
-        self.call = GuardedCall(call)
-        return self.call
 
     def _schedule_renewal(self) -> None:
         lease_s = self._state.quotas.lease_s
@@ -141,6 +146,70 @@ class RequestLifecycle:
             return
         self._state.spawn(self._state.quotas.renew(self.admitted))
         self._schedule_renewal()
+
+    # -- the engine call -----------------------------------------------------------------
+
+    def engine_called(self, call: UpstreamCall) -> GuardedCall:
+        """The engine call is made: from now on the engine may be working for us."""
+        record = self.record
+        self._state.metrics.started(record.team or "", record.model or "")
+        record.in_flight = True
+        self.call = GuardedCall(call)
+        return self.call
+
+    def engine_called_again(self, call: UpstreamCall) -> GuardedCall:
+        """The engine call is made again (its replica went away before answering)."""
+        self.engine_dropped()
+        self.call = GuardedCall(call)
+        return self.call
+
+    def engine_done(self, *, refused: bool = False) -> None:
+        """The engine is finished with the call (``refused``: it did no billable work)."""
+        if self.call is not None:
+            self.call.completed = True
+        self.engine_refused = self.engine_refused or refused
+
+    def engine_dropped(self, *, refused: bool = False) -> None:
+        """Nobody will read the engine call: cancel it now (``refused``: the engine never
+        saw the request, e.g. a model still starting from zero)."""
+        if self.call is not None:
+            self.call.cancel()
+        self.engine_refused = self.engine_refused or refused
+
+    async def answered(self, usage: Usage | None) -> None:
+        """A whole (non-streaming) answer is in hand: settle now, so counters are exact
+        before the answer leaves."""
+        self.tracker.final = usage
+        await self.settle()
+        self.status = 200
+
+    # -- the stream (then reported by the relay: a ``StreamSink``) -----------------------
+
+    def streaming(self) -> ChunkTimes:
+        """The answer is a stream; the relay keeps the returned chunk times."""
+        self._stream = _Stream()
+        return self._stream.times
+
+    def stream_ended(self, error: str | None) -> None:
+        stream = self._reported()
+        stream.error = error
+        stream.status, stream.error_code = (200, None) if error is None else (502, "engine_error")
+
+    def stream_failed(self, error: str, *, timeout: bool) -> None:
+        stream = self._reported()
+        stream.error, stream.status = error, 504 if timeout else 502
+        stream.error_code = "timeout" if timeout else "engine_error"
+        self.engine_dropped()
+
+    def stream_cut(self, error: str) -> None:
+        stream = self._reported()
+        stream.error = error
+        self.engine_dropped()
+
+    def _reported(self) -> _Stream:
+        if self._stream is None:  # reported by a relay the handler did not start
+            self._stream = _Stream()
+        return self._stream
 
     # -- billing -------------------------------------------------------------------------
 
@@ -163,12 +232,19 @@ class RequestLifecycle:
 
     # -- the one end ---------------------------------------------------------------------
 
-    def conclude(self, delivered: bool) -> None:
+    def hard_timeout(self) -> None:
+        """The middleware stopped the request at its hard timeout."""
+        self.timed_out = True
+        log.warning("request %s stopped at the hard timeout", self.record.request_id)
+
+    def conclude(self, delivered: bool, sent_bytes: int) -> None:
         """Called by the middleware when the ASGI call is over, whatever ended it."""
+        self.record.response_bytes = sent_bytes
         if self.finished:
             return
-        if self.stream_outcome is not None:
-            self._take_stream_outcome(self.stream_outcome)
+        usage = self.billed()
+        if self._stream is not None:
+            self._take_stream(self._stream, usage)
         status = self.status
         if status is None or (not delivered and status < 400):
             # Nothing sent in full, and nothing failed on our side: the client left (or the
@@ -176,27 +252,32 @@ class RequestLifecycle:
             status = 504 if self.timed_out else CLIENT_CLOSED
             if self.timed_out:
                 self.record.error_code = "timeout"
-        self.finish(status)
+        self._finish(status, usage)
 
-    def _take_stream_outcome(self, outcome: StreamOutcome) -> None:
-        record = self.record
-        if outcome.first_chunk_at is not None:
-            record.first_token_s = outcome.first_chunk_at - record.started
-            generated = self.tracker.delivered(0).completion_tokens
-            if generated > 1 and outcome.last_chunk_at is not None:
-                span = outcome.last_chunk_at - outcome.first_chunk_at
-                record.inter_token_s = span / (generated - 1)
-        if outcome.status is not None:
-            self.status = outcome.status
-            if outcome.status >= 400:
-                record.error_code, record.error = outcome.error_code, outcome.error
-        elif outcome.error is not None:
-            record.error = outcome.error
+    def shut_down(self) -> None:
+        """The replica is stopping while the request runs: end it now (a 503)."""
+        self.record.error_code = "shutdown"
+        error = "the gateway shut down while the request was running"
+        self._finish(503, self.billed(), error)
 
-    def finish(self, status: int, error: str | None = None) -> None:
+    def _take_stream(self, stream: _Stream, usage: Usage | None) -> None:
+        record, times = self.record, stream.times
+        if times.first is not None:
+            record.first_token_s = times.first - record.started
+            generated = (usage or self.tracker.delivered(0)).completion_tokens
+            if generated > 1 and times.last is not None:
+                record.inter_token_s = (times.last - times.first) / (generated - 1)
+        if stream.status is not None:
+            self.status = stream.status
+            if stream.status >= 400:
+                record.error_code, record.error = stream.error_code, stream.error
+        elif stream.error is not None:
+            record.error = stream.error
+
+    def _finish(self, status: int, usage: Usage | None, error: str | None = None) -> None:
         """Idempotent and synchronous, so cancellation cannot interrupt it halfway: cancel
-        the engine call unless it completed, settle (as a task of its own), release the
-        in-flight slot, record metrics and the audit line."""
+        the engine call unless it completed, settle ``usage`` (as a task of its own),
+        release the in-flight slot, record metrics and the audit line."""
         if self.finished:
             return
         self.finished = True
@@ -206,7 +287,6 @@ class RequestLifecycle:
             self._renewal.cancel()
         if self.call is not None:
             self.call.cancel()
-        usage = self.billed()
         record.usage = usage
         record.status = status
         if error is not None:
@@ -222,42 +302,3 @@ class RequestLifecycle:
             state.on_finish(record)
         except Exception:  # recording must never break serving
             log.exception("on_finish hook failed")
-
-
-class LifecycleMiddleware:
-    """Outermost ASGI layer: concludes the request's lifecycle in its ``finally``."""
-
-    def __init__(self, app: ASGIApp, request_timeout_s: Callable[[], float]) -> None:
-        self.app = app
-        self.request_timeout_s = request_timeout_s
-        """Read per request: the gateway's current setting."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        delivered = False
-        sent_bytes = 0
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal delivered, sent_bytes
-            await send(message)
-            if message["type"] == "http.response.body":
-                sent_bytes += len(message.get("body", b""))
-                if not message.get("more_body"):
-                    delivered = True
-
-        try:
-            async with asyncio.timeout(self.request_timeout_s() + HARD_TIMEOUT_GRACE_S):
-                await self.app(scope, receive, tracked_send)
-        except TimeoutError:
-            life = scope.get(SCOPE_KEY)
-            if life is None:
-                raise
-            life.timed_out = True
-            log.warning("request %s stopped at the hard timeout", life.record.request_id)
-        finally:
-            life = scope.get(SCOPE_KEY)
-            if life is not None:
-                life.record.response_bytes = sent_bytes
-                life.conclude(delivered)

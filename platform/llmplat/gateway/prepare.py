@@ -1,26 +1,32 @@
-"""Body → engine request: parse, check the team's policy, encode, count (synchronous).
+"""Body → engine request, in one direction: parse, check the team's policy, validate,
+encode, count.
 
-Everything here is CPU work on one request (JSON parsing, request-model validation,
-fill-in-the-middle encoding, prompt tokenization), so the route runs it off the event loop
-for any body that is not tiny (see ``INLINE_BODY_BYTES``).
+All of it is CPU work on one request (JSON parsing, request-model validation,
+fill-in-the-middle encoding, prompt tokenization), so it runs off the event loop for any
+body that is not tiny (see ``INLINE_BODY_BYTES``). The fields a client may send at all are
+the table in ``gateway.surface``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from llmplat.auth.base import Principal
+from llmplat.engine.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerationRequest,
+    VLLMClientError,
+)
 from llmplat.gateway.backends import Method
 from llmplat.gateway.errors import InvalidRequest, NotFound, PermissionDenied
-from llmplat.gateway.requests import (
-    ParsedRequest,
-    parse_chat,
-    parse_completion,
-    parse_json_object,
-    requested_model,
-)
+from llmplat.gateway.fim import apply_fim
+from llmplat.gateway.requests import parse_json_object
 from llmplat.gateway.state import GatewayModel, GatewayState
 from llmplat.gateway.surface import CHAT_FIELDS, COMPLETION_FIELDS, screen_fields
 
@@ -28,13 +34,21 @@ INLINE_BODY_BYTES = 16 * 1024
 """Bodies up to this size are prepared on the event loop (tens of microseconds); larger
 ones in the gateway's worker threads, so one large prompt never stalls other streams."""
 
+M = TypeVar("M", bound=BaseModel)
+
 
 @dataclass
 class Prepared:
-    """A request ready for admission: the engine request and what to reserve for it."""
+    """A request ready for admission: the engine request, what the client asked of the
+    response, and what to reserve for it."""
 
     model: GatewayModel
-    parsed: ParsedRequest
+    request: GenerationRequest
+    stream: bool
+    client_wants_usage: bool
+    """The final usage chunk of a stream (``stream_options.include_usage``)."""
+    client_wants_continuous_usage: bool
+    """Usage on every chunk of a stream (``stream_options.continuous_usage_stats``)."""
     prompt_tokens: int
     """Prompt tokens as the model's tokenizer counts them (every prompt, once)."""
     reserve_tokens: int
@@ -48,6 +62,106 @@ def unknown_model(model_id: str) -> NotFound:
         param="model",
         code="model_not_found",
     )
+
+
+async def prepare(
+    state: GatewayState, principal: Principal, raw: bytes, method: Method
+) -> Prepared:
+    """Make the body ``raw`` an engine request for ``principal`` (on the event loop, or in
+    the gateway's worker threads for a large body); raise an APIError (4xx) on bad input."""
+    if len(raw) <= INLINE_BODY_BYTES:
+        return prepare_body(state, principal, raw, method)
+    return await asyncio.get_running_loop().run_in_executor(
+        state.executor, prepare_body, state, principal, raw, method
+    )
+
+
+def prepare_body(state: GatewayState, principal: Principal, raw: bytes, method: Method) -> Prepared:
+    """The synchronous part of :func:`prepare`: parse and check ``raw``."""
+    body = parse_json_object(raw)
+    model_id = _requested_model(body)
+    model = state.model(model_id)
+    if model is None:
+        raise unknown_model(model_id)
+    if not principal.may_use(model_id):
+        raise PermissionDenied(
+            f"Team '{principal.team}' may not use model '{model_id}'.",
+            param="model",
+            code="model_not_allowed",
+        )
+    screen_fields(body, CHAT_FIELDS if method == "chat" else COMPLETION_FIELDS)
+    choices = _choices(body, principal)
+    req: GenerationRequest
+    if method == "chat":
+        _check_message_count(body, state.config.gateway.max_messages)
+        _check_tool_choice(body, model)
+        _check_messages(body)
+        wants, continuous = _stream_usage(body)
+        req = _validate(ChatCompletionRequest, body)
+    else:
+        suffix = body.pop("suffix", None)
+        if suffix is not None:
+            apply_fim(body, suffix, state.fim.get(model_id), model_id)
+        wants, continuous = _stream_usage(body)
+        req = _validate(CompletionRequest, body)
+    _apply_token_policy(req, body, model, principal)
+    req.priority = principal.vllm_priority
+    req.cache_salt = principal.cache_salt
+    # Always the gateway's own id (set explicitly, so Ray Serve LLM keeps it): a client's
+    # id never names an engine request or a response.
+    req.request_id = uuid.uuid4().hex
+    prompt_tokens, reserve = _reservation(state, model, req, principal, choices)
+    return Prepared(
+        model, req, bool(req.stream), wants, continuous, prompt_tokens, reserve, choices
+    )
+
+
+def _requested_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    return model
+
+
+def _choices(body: dict[str, Any], principal: Principal) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InvalidRequest("'n' must be a positive integer.", param="n")
+    if n > principal.max_choices:
+        raise InvalidRequest(
+            f"'n' is {n}; team '{principal.team}' may ask for at most {principal.max_choices} "
+            "choices per request.",
+            param="n",
+            code="too_many_choices",
+        )
+    return n
+
+
+def _check_message_count(body: dict[str, Any], max_messages: int) -> None:
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > max_messages:
+        raise InvalidRequest(
+            f"The request has {len(messages)} messages; this server accepts at most "
+            f"{max_messages}.",
+            param="messages",
+        )
+
+
+def _check_messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidRequest("You must provide 'messages'.", param="messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest(
+            '\'messages\' must be a list of message objects like {"role": "user", "content": "…"}.',
+            param="messages",
+        )
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
 
 
 def _check_tool_choice(body: dict[str, Any], model: GatewayModel) -> None:
@@ -65,58 +179,63 @@ def _check_tool_choice(body: dict[str, Any], model: GatewayModel) -> None:
         )
 
 
-def prepare(state: GatewayState, principal: Principal, raw: bytes, method: Method) -> Prepared:
-    """Parse and check ``raw`` for ``principal``; raise an APIError (4xx) on bad input."""
-    body = parse_json_object(raw)
-    model_id = requested_model(body)
-    model = state.model(model_id)
-    if model is None:
-        raise unknown_model(model_id)
-    if not principal.may_use(model_id):
-        raise PermissionDenied(
-            f"Team '{principal.team}' may not use model '{model_id}'.",
-            param="model",
-            code="model_not_allowed",
-        )
-    screen_fields(body, CHAT_FIELDS if method == "chat" else COMPLETION_FIELDS)
-    choices = _choices(body, principal)
-    if method == "chat":
-        messages = body.get("messages")
-        if isinstance(messages, list) and len(messages) > state.config.gateway.max_messages:
-            raise InvalidRequest(
-                f"The request has {len(messages)} messages; this server accepts at most "
-                f"{state.config.gateway.max_messages}.",
-                param="messages",
-            )
-        _check_tool_choice(body, model)
-        parsed = parse_chat(body)
-    else:
-        parsed = parse_completion(body, state.fim.get(model_id), model_id)
-    req = parsed.request
-    _apply_token_policy(req, body, model, principal)
-    req.priority = principal.vllm_priority
-    req.cache_salt = principal.cache_salt
-    # Always the gateway's own id (set explicitly, so Ray Serve LLM keeps it): a client's
-    # id never names an engine request or a response.
-    req.request_id = uuid.uuid4().hex
-    prompt_tokens, reserve = _reservation(state, model, req, principal, choices)
-    return Prepared(model, parsed, prompt_tokens, reserve, choices)
+def _stream_usage(body: dict[str, Any]) -> tuple[bool, bool]:
+    """Ask the engine for usage on every chunk (so a stream cut short is billed for what it
+    generated); report whether the client wanted the final usage chunk, and per-chunk usage."""
+    if not body.get("stream"):
+        return False, False
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    wants = bool((opts or {}).get("include_usage"))
+    continuous = wants and bool((opts or {}).get("continuous_usage_stats"))
+    body["stream_options"] = {
+        **(opts or {}),
+        "include_usage": True,
+        "continuous_usage_stats": True,
+    }
+    return wants, continuous
 
 
-def _choices(body: dict[str, Any], principal: Principal) -> int:
-    n = body.get("n")
-    if n is None:
-        return 1
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise InvalidRequest("'n' must be a positive integer.", param="n")
-    if n > principal.max_choices:
-        raise InvalidRequest(
-            f"'n' is {n}; team '{principal.team}' may ask for at most {principal.max_choices} "
-            "choices per request.",
-            param="n",
-            code="too_many_choices",
-        )
-    return n
+def _validate(cls: type[M], body: dict[str, Any]) -> M:
+    try:
+        return cls.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc, body) from exc
+    except RecursionError:
+        raise InvalidRequest("A field of your request is nested too deeply.") from None
+    except (VLLMClientError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        # vLLM's "before" validators raise these without pydantic wrapping them; its own
+        # validation errors name the parameter.
+        param = getattr(exc, "parameter", None)
+        text = str(exc.args[0]) if param and exc.args else str(exc)
+        raise InvalidRequest(f"Invalid request: {text.rstrip('.')}.", param=param) from exc
+
+
+def _param(loc: tuple[int | str, ...], body: Any) -> str | None:
+    """The field an error is about: pydantic's location, cut where it leaves the client's
+    input (what follows names union members, e.g. ``prompt.list[constrained-int]``)."""
+    path: list[str] = []
+    node = body
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and isinstance(part, str) and (part in node or i == len(loc) - 1):
+            path.append(part)  # a field given, or missing (the last part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(str(part))
+            node = node[part]
+        else:
+            break
+    return ".".join(path) or None
+
+
+def _validation_error(exc: ValidationError, body: Any) -> InvalidRequest:
+    first = exc.errors()[0]
+    param = _param(first["loc"], body)
+    msg = first["msg"].removeprefix("Value error, ")
+    where = f"'{param}': " if param else ""
+    extra = f" ({len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+    return InvalidRequest(f"Invalid request: {where}{msg}{extra}", param=param)
 
 
 def _apply_token_policy(

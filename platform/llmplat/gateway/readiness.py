@@ -11,8 +11,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from llmplat.gateway.scaling import SCALED_TO_ZERO, STARTING_FROM_ZERO
+from llmplat.gateway.scaling import SCALED_TO_ZERO, STARTING_FROM_ZERO, scale_state
+
+if TYPE_CHECKING:
+    from llmplat.gateway.state import GatewayState
 
 READY_CACHE_S = 2.0
 READY_STATES = frozenset({"ready", SCALED_TO_ZERO, STARTING_FROM_ZERO})
@@ -63,3 +67,28 @@ class ReadinessCache:
             return result
         finally:
             self._running = None
+
+
+async def check_models(state: GatewayState) -> dict[str, str]:
+    """Each served model's state: ``ready``, a scale state, or why it is not answering."""
+    ids = [m.model_id for m in state.config.models]
+    results = await asyncio.gather(*(_model_ready(state, m) for m in ids))
+    return dict(zip(ids, results, strict=True))
+
+
+async def _model_ready(state: GatewayState, model_id: str) -> str:
+    model = state.model(model_id)
+    if model is not None and model.autoscaled:
+        # Never ask a model at zero replicas: the health call itself would wake it.
+        scaled = scale_state(state.scale.report(model_id), model.min_replicas)
+        if scaled is not None:
+            return scaled
+    try:
+        await asyncio.wait_for(
+            state.backends[model_id].check_health(), state.config.gateway.ready_timeout_s
+        )
+        return "ready"
+    except TimeoutError:
+        return "not answering"
+    except Exception as exc:  # readiness reports, it does not raise
+        return f"unhealthy: {type(exc).__name__}"

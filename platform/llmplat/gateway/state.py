@@ -167,8 +167,7 @@ class GatewayState:
         the engine did, slot released, one 503 record), so nothing waits for a lease to
         expire when the replica is stopped while streams are open."""
         for life in list(self.live):
-            life.record.error_code = "shutdown"
-            life.finish(503, "the gateway shut down while the request was running")
+            life.shut_down()
 
     def stop_executor(self) -> None:
         """Shutdown: no more bodies are prepared (work already queued is not waited for)."""

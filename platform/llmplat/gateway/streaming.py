@@ -3,7 +3,8 @@
 The gateway always asks the engine for usage on every chunk (billing and metrics need it)
 and forwards the final usage chunk only when the client asked for
 ``stream_options.include_usage``. A failure after the stream started, or the request
-timeout, ends it with an error event, never a silent cut.
+timeout, ends it with an error event, never a silent cut. The relay says what happened to
+a :class:`StreamSink` (the request's lifecycle), which decides what it means.
 """
 
 from __future__ import annotations
@@ -12,34 +13,40 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from llmplat.engine.protocol import ErrorResponse
 from llmplat.gateway.errors import UpstreamError, from_engine_error, sse_error_event
-from llmplat.gateway.lifecycle import GuardedCall
-from llmplat.gateway.usage import Usage, UsageTracker
+from llmplat.gateway.lifecycle import ChunkTimes
+from llmplat.gateway.usage import UsageTracker
 
 log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
 CLIENT_DISCONNECTED = "client disconnected"
 
-__all__ = ["CLIENT_DISCONNECTED", "DONE", "StreamOutcome", "Usage", "relay_stream"]
 
+class StreamSink(Protocol):
+    """What the relay reports, in order: the engine done, then one end (or, when the client
+    left first, ``stream_cut``)."""
 
-@dataclass
-class StreamOutcome:
-    """What the relay learned; read it after the stream ends (or is cut)."""
+    tracker: UsageTracker
 
-    chunks: int = 0
-    error: str | None = None
-    status: int | None = None
-    """200 once the stream ended cleanly; 502/504 once it ended with an error event."""
-    error_code: str | None = None
-    first_chunk_at: float | None = None
-    last_chunk_at: float | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    def engine_done(self) -> None:
+        """The engine call ran to its end (nothing to cancel)."""
+        ...
+
+    def stream_ended(self, error: str | None) -> None:
+        """The relay reached the stream's end; ``error``: the engine reported one."""
+        ...
+
+    def stream_failed(self, error: str, *, timeout: bool) -> None:
+        """The relay stopped the stream (the request timeout, or the engine call raised)."""
+        ...
+
+    def stream_cut(self, error: str) -> None:
+        """The stream stopped before the relay ended it (the client left)."""
+        ...
 
 
 def _is_usage_chunk(chunk: str) -> bool:
@@ -56,7 +63,7 @@ def _decode(chunk: str) -> dict[str, Any] | None:
 
 
 def _without_usage(data: dict[str, Any]) -> str:
-    data.pop("usage", None)
+    data = {k: v for k, v in data.items() if k != "usage"}
     return f"data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
@@ -67,13 +74,12 @@ def _error_message(chunk: str) -> str:
 
 
 async def relay_stream(
-    call: GuardedCall,
     first: Any,
     rest: AsyncIterator[Any],
+    sink: StreamSink,
+    times: ChunkTimes,
     *,
     client_wants_usage: bool,
-    outcome: StreamOutcome,
-    tracker: UsageTracker,
     deadline: float,
     clock: Callable[[], float],
     client_wants_continuous_usage: bool = False,
@@ -81,8 +87,11 @@ async def relay_stream(
     """Yield SSE text for the client; ``first`` is the already-read first batch.
 
     Each wait for the engine is bounded by ``deadline`` (``clock`` time): past it the
-    stream ends with a ``timeout`` error event (status 504).
+    stream ends with a ``timeout`` error event.
     """
+    tracker = sink.tracker
+    error: str | None = None
+    ended = False
     sent_done = False
     try:
         batch: Any = first
@@ -91,14 +100,14 @@ async def relay_stream(
             for item in batch if isinstance(batch, list) else [batch]:
                 if isinstance(item, ErrorResponse):
                     err = from_engine_error(item.error.message, item.error.code)
-                    outcome.error = err.message
+                    error = err.message
                     out.append(sse_error_event(err))
                     sent_done = True
                     continue
                 if not isinstance(item, str):
                     continue
                 if item.startswith('data: {"error"'):
-                    outcome.error = _error_message(item)
+                    error = _error_message(item)
                 elif item == DONE or item.startswith("data: [DONE]"):
                     sent_done = True
                 elif _is_usage_chunk(item):
@@ -109,13 +118,12 @@ async def relay_stream(
                         continue
                 else:
                     if '"usage":{' in item and (data := _decode(item)) is not None:
-                        tracker.observe(data)
                         if not client_wants_continuous_usage:
                             item = _without_usage(data)
-                    outcome.chunks += 1
-                    outcome.last_chunk_at = clock()
-                    if outcome.first_chunk_at is None:
-                        outcome.first_chunk_at = outcome.last_chunk_at
+                        tracker.observe(data)
+                    times.last = clock()
+                    if times.first is None:
+                        times.first = times.last
                 out.append(item)
             if out:
                 yield "".join(out)
@@ -125,17 +133,15 @@ async def relay_stream(
                 batch = await asyncio.wait_for(rest.__anext__(), max(deadline - clock(), 0.0))
             except StopAsyncIteration:
                 break
-        call.completed = True
+        sink.engine_done()
         if not sent_done:
-            outcome.error = "the engine ended the stream without finishing it"
-            yield sse_error_event(UpstreamError(outcome.error))
-        if outcome.error is None:
-            outcome.status = 200
-        else:
-            outcome.status, outcome.error_code = 502, "engine_error"
+            error = "the engine ended the stream without finishing it"
+            yield sse_error_event(UpstreamError(error))
+        ended = True
+        sink.stream_ended(error)
     except TimeoutError:
-        outcome.error, outcome.status, outcome.error_code = "request timeout", 504, "timeout"
-        call.cancel()
+        ended = True
+        sink.stream_failed("request timeout", timeout=True)
         yield sse_error_event(
             UpstreamError(
                 "The request took longer than this server allows and was stopped; the tokens "
@@ -146,13 +152,11 @@ async def relay_stream(
         )
     except Exception as exc:
         log.exception("stream failed after it started")
-        outcome.error = f"{type(exc).__name__}: {exc}"
-        outcome.status, outcome.error_code = 502, "engine_error"
-        call.cancel()
+        ended = True
+        sink.stream_failed(f"{type(exc).__name__}: {exc}", timeout=False)
         yield sse_error_event(
             UpstreamError("The model failed while generating this response; retry the request.")
         )
     finally:
-        if outcome.status is None:
-            outcome.error = outcome.error or CLIENT_DISCONNECTED
-            call.cancel()  # stop the engine working for nobody
+        if not ended:
+            sink.stream_cut(error or CLIENT_DISCONNECTED)  # stop the engine working for nobody

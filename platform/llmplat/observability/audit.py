@@ -15,6 +15,7 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -109,3 +110,18 @@ class AuditLog:
         self._writer.join(timeout=10)
         if self._owned:
             self._stream.close()
+
+
+class AuditRecorder:
+    """Where a finished request's record goes: every request to the audit log, failures
+    (5xx) also to the server log (a log record per request through Ray's handlers is too
+    costly to write for every success)."""
+
+    def __init__(self, audit: AuditLog, log_failure: Callable[[RequestRecord], None]) -> None:
+        self._audit = audit
+        self._log_failure = log_failure
+
+    def __call__(self, record: RequestRecord) -> None:
+        if record.status >= 500:
+            self._log_failure(record)
+        self._audit.write(record)

@@ -6,20 +6,41 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from llmplat.engine.protocol import CompletionRequest
-from llmplat.gateway.lifecycle import GuardedCall
-from llmplat.gateway.streaming import StreamOutcome, relay_stream
+from llmplat.gateway.lifecycle import ChunkTimes
+from llmplat.gateway.streaming import relay_stream
 from llmplat.gateway.usage import UsageTracker
 from support import MODEL
 
 
+@dataclass
+class _Sink:
+    """Records what the relay reports (the request's lifecycle in the gateway)."""
+
+    tracker: UsageTracker = field(default_factory=UsageTracker)
+    events: list[Any] = field(default_factory=list)
+
+    def engine_done(self) -> None:
+        self.events.append("engine_done")
+
+    def stream_ended(self, error: str | None) -> None:
+        self.events.append(("ended", error))
+
+    def stream_failed(self, error: str, *, timeout: bool) -> None:
+        self.events.append(("failed", error, timeout))
+
+    def stream_cut(self, error: str) -> None:
+        self.events.append(("cut", error))
+
+
 async def _nothing() -> AsyncIterator[Any]:
-    return
-    yield
+    for item in ():
+        yield item
 
 
 @pytest.mark.parametrize("client_wants_usage", [False, True])
@@ -38,15 +59,13 @@ async def test_a_whole_stream_in_one_batch(gateway, client_wants_usage: bool) ->
     # The engine's whole stream, as one list (LLMServer batches what is queued).
     batch = [item async for items in backend.call("completions", request) for item in items]
     assert batch[-1] == "data: [DONE]\n\n" and '"choices":[]' in batch[-2]
-    call = GuardedCall(backend.call("completions", request))  # only completed or cancelled
-    outcome, tracker = StreamOutcome(), UsageTracker()
+    sink, times = _Sink(), ChunkTimes()
     relayed = relay_stream(
-        call,
         batch,
         _nothing(),
+        sink,
+        times,
         client_wants_usage=client_wants_usage,
-        outcome=outcome,
-        tracker=tracker,
         deadline=math.inf,
         clock=time.monotonic,
     )
@@ -54,6 +73,8 @@ async def test_a_whole_stream_in_one_batch(gateway, client_wants_usage: bool) ->
     assert events[-1] == "data: [DONE]"
     assert sum('"choices":[]' in e for e in events) == int(client_wants_usage)
     assert all('"usage"' not in e for e in events if '"choices":[]' not in e)  # per-chunk
-    assert (outcome.status, outcome.error, outcome.chunks) == (200, None, 3)
-    assert call.completed and not call.cancelled
-    assert tracker.delivered(0).completion_tokens == 3
+    # Three chunks relayed, the engine call completed (never cancelled), no error: a 200.
+    assert sum('"choices":[{' in e for e in events) == 3
+    assert times.first is not None and times.last is not None and times.first <= times.last
+    assert sink.events == ["engine_done", ("ended", None)]
+    assert sink.tracker.delivered(0).completion_tokens == 3

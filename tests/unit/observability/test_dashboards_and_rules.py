@@ -30,10 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmplat.autoscaling.report import DecisionEvent, ScaleReport
 from llmplat.gateway.state import RequestRecord
-from llmplat.gateway.streaming import Usage
 from llmplat.observability import catalog
 from llmplat.observability.catalog import Kind, exported_metric_names, gateway_metric_names
 from llmplat.observability.metrics import GatewayMetrics
+from llmplat.observability.record import Usage
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 RULES_FILE = DEPLOY / "prometheus" / "rules.yaml"
