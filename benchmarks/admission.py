@@ -28,12 +28,12 @@ from llmplat.auth.keys import mint_key
 from llmplat.auth.registry_auth import RegistryAuthenticator
 from llmplat.config.teams import ApiKeyRecord, Limits, Registry, Team
 from llmplat.engine.protocol import ChatCompletionRequest
+from llmplat.gateway.admission import QuotaService
 from llmplat.gateway.tokens import PromptCounter
 from llmplat.models.tiny import v3_tokenizer_path
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.model import QuotaStore
 from llmplat.quotas.redis_store import RedisQuotaStore
-from llmplat.quotas.service import QuotaService
 from support.redis_server import redis_server
 
 TEAMS = 50

@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
+from llmplat.gateway.admission import QuotaService
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.scaling import ReportSource
 from llmplat.gateway.state import GatewayConfig, GatewayState, build_state, log_record
 from llmplat.observability.audit import AuditLog, AuditRecorder
 from llmplat.observability.metrics import GatewayMetrics
 from llmplat.observability.record import RequestRecord
-from llmplat.quotas.service import QuotaService
 from llmplat.stores import open_key_store, open_quota_store
 
 

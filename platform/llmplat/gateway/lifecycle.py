@@ -31,8 +31,8 @@ from llmplat.observability.record import RequestRecord
 if TYPE_CHECKING:
     from llmplat.auth.base import Principal
     from llmplat.errors import APIError
+    from llmplat.gateway.admission import Admitted
     from llmplat.gateway.state import GatewayState
-    from llmplat.quotas.service import Admitted
 
 log = logging.getLogger(__name__)
 

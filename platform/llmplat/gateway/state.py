@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.base import Authenticator
 from llmplat.config.profiles import AutoscalingSpec
+from llmplat.gateway.admission import QuotaService
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
 from llmplat.gateway.scaling import ReportSource, ScaleView
@@ -26,7 +27,6 @@ from llmplat.gateway.usage import Usage
 from llmplat.observability.metrics import GatewayMetrics
 from llmplat.observability.record import RequestRecord
 from llmplat.quotas.memory import MemoryQuotaStore
-from llmplat.quotas.service import QuotaService
 from llmplat.settings import GatewaySettings, KeyStoreSettings, QuotaSettings
 
 log = logging.getLogger("llmplat.requests")

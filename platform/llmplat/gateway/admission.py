@@ -1,4 +1,5 @@
-"""Admission and settlement for the gateway: quotas → HTTP semantics (429, 503, headers)."""
+"""Admission and settlement as the gateway answers them: the quota store's verdicts → HTTP
+(429 and 503 with OpenAI's x-ratelimit-* headers). quotas/ keeps the limits and stores."""
 
 from __future__ import annotations
 
