@@ -91,8 +91,8 @@ def omp_threads_bind(cpu: CpuEngineSettings, cores: int) -> str:
     """The cores an engine's OpenMP threads are pinned to: 'auto' is every core but the
     ``reserved_cpus`` last ones. vLLM's scheduler process runs beside those threads and
     needs a core of its own (vLLM warns below one); without it, and whenever anything else
-    on the host takes a bound core, each step waits for the slowest thread (seen on 2 cores:
-    36 tok/s alone, 6 tok/s beside one busy process; 34 and 25 bound to one core)."""
+    on the host takes a bound core, each step waits for the slowest thread (docs:
+    Benchmarks has the measured effect)."""
     if cpu.omp_threads_bind != "auto":
         return cpu.omp_threads_bind
     last = max(cores - cpu.reserved_cpus, 1) - 1

@@ -24,15 +24,15 @@ from llmplat.local.cluster import (
 )
 from llmplat.settings import Settings, export_defaults, export_values
 
-# Serve/Ray tuning for a gateway → engine path (see README, Benchmarks).
+# Serve/Ray tuning for a gateway → engine path (docs: Benchmarks).
 RAY_ENV_DEFAULTS = {
     "RAY_SERVE_ENABLE_TASK_EVENTS": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
     # Ray starts workers at nice 15 (below its own agents); the engine is the workload.
     "RAY_worker_niceness": "0",
-    # Serve's controller loop runs 10 times a second by default: with the GCS it polls it
-    # took 5.7 CPU-seconds of a 16-stream benchmark on 2 cores, 2.2 at twice a second.
+    # Serve's controller loop runs 10 times a second by default, and with the GCS it polls
+    # it takes a visible share of a small machine's CPU; twice a second is enough here.
     # Replicas export Serve metrics once a second instead of ten times (Prometheus scrapes
     # every few seconds). Autoscaling decisions are unaffected at this scale.
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",

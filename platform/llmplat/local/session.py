@@ -3,11 +3,10 @@
 Linux's autogroup scheduler (``kernel.sched_autogroup_enabled``, see sched(7)) shares CPU
 time between sessions, not processes. A vLLM-CPU engine keeps every core busy; with the
 platform in a session of equal weight, processes of other sessions (the client, an IDE, the
-test runner) waited up to 3-5 s for a core after waking on a 2-core machine under 16
-streams, which read as requests stuck in front of the gateway: 190 tok/s and a 7 s median
-time to first token, against 660 tok/s and 127 ms once the platform's session ran at
-autogroup nice 10 (a bare vLLM server did not cause the stalls). The clients need little
-CPU, so the engine loses nothing to them.
+test runner) waited seconds for a core after waking on a small machine under many streams,
+which read as requests stuck in front of the gateway; with the platform's session at
+autogroup nice 10 the stalls are gone (docs: Benchmarks has the numbers). The clients need
+little CPU, so the engine loses nothing to them.
 
 An autogroup belongs to a whole session, so ``llmplat serve`` started from a user's terminal
 does not renice the user's shell: it re-runs itself in a new session (forwarding signals to

@@ -4,7 +4,7 @@ Lines are gathered on the event loop and handed to a writer thread in batches (a
 ``flush_interval_s``, or at ``MAX_BATCH`` lines): one thread wake-up per batch instead of one
 per request, so the event loop never blocks on the sink's I/O and does not trade the GIL
 with the writer on every request (a line per request through a logging queue cost the
-gateway ~40 % of its own CPU under load).
+gateway a large share of its own CPU under load; docs: Benchmarks).
 """
 
 from __future__ import annotations
