@@ -54,6 +54,86 @@ def _default_loadtests_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "loadtests"
 
 
+class InputBounds(BaseModel):
+    """Bounds on request inputs whose cost is not their token count: what the engine
+    compiles (JSON schemas, regular expressions, grammars, choices) and what it checks at
+    every generated token (stop strings, bad words, logit bias, allowed token ids). A request
+    over one is refused with a 400 ``input_too_complex`` before admission (no engine call, no
+    quota). JSON-schema bounds count every schema of a request together (``response_format``,
+    ``tools[].function.parameters``, ``structured_outputs.json``, structural tags): with
+    ``tool_choice: required`` the engine compiles all tools as one schema. The defaults are
+    above what ordinary clients send (docs/api.md, "Input bounds"); a team's ``input_bounds``
+    overrides any of them."""
+
+    schema_bytes: int = Field(
+        131072,
+        ge=1,
+        description="Bytes of a request's JSON schemas together, as compact JSON (UTF-8).",
+    )
+    schema_depth: int = Field(
+        32,
+        ge=1,
+        description="Nesting depth of one JSON schema: objects and arrays inside each other "
+        "(one nested object property is two levels: its schema and its 'properties').",
+    )
+    schema_nodes: int = Field(
+        4096,
+        ge=1,
+        description="Subschemas (JSON objects in schema position: properties, items, anyOf "
+        "branches, $defs entries, ...) of a request's schemas together.",
+    )
+    schema_properties: int = Field(
+        1024,
+        ge=1,
+        description="Object properties (names under 'properties' and 'patternProperties') of "
+        "a request's schemas together.",
+    )
+    schema_enum_values: int = Field(
+        2048, ge=1, description="Values of every 'enum' of a request's schemas together."
+    )
+    schema_patterns: int = Field(
+        128,
+        ge=0,
+        description="Regular expressions in a request's schemas together: 'pattern' and "
+        "'format' values and 'patternProperties' names (the engine compiles each).",
+    )
+    schema_pattern_chars: int = Field(
+        1024, ge=1, description="Characters of one 'pattern' (or 'patternProperties' name)."
+    )
+    regex_chars: int = Field(
+        4096,
+        ge=1,
+        description="Characters of structured_outputs.regex (and of its whitespace_pattern).",
+    )
+    grammar_chars: int = Field(
+        65536, ge=1, description="Characters of structured_outputs.grammar."
+    )
+    choice_count: int = Field(1024, ge=1, description="Entries of structured_outputs.choice.")
+    choice_chars: int = Field(
+        32768, ge=1, description="Characters of structured_outputs.choice's entries together."
+    )
+    stop_count: int = Field(64, ge=1, description="Stop strings of a request ('stop').")
+    stop_chars: int = Field(
+        4096, ge=1, description="Characters of a request's stop strings together."
+    )
+    bad_words_count: int = Field(256, ge=1, description="Entries of 'bad_words'.")
+    bad_words_chars: int = Field(
+        16384, ge=1, description="Characters of a request's bad words together."
+    )
+    logit_bias_entries: int = Field(1024, ge=1, description="Entries of 'logit_bias'.")
+    token_ids: int = Field(
+        8192,
+        ge=1,
+        description="Entries of 'allowed_token_ids', and of 'stop_token_ids' (each list).",
+    )
+    prompts: int = Field(
+        128,
+        ge=1,
+        description="Prompts of one completions request (a list of prompts): each is a "
+        "sequence the engine runs at once, times 'n'.",
+    )
+
+
 class GatewaySettings(BaseModel):
     """Limits and tuning of the gateway ingress."""
 
@@ -100,6 +180,11 @@ class GatewaySettings(BaseModel):
         description="Ray custom resource each gateway replica takes one unit of. The Helm chart's "
         "gateway pods offer one unit each, which puts exactly one gateway replica on every "
         "gateway pod and none on GPU nodes.",
+    )
+    input_bounds: InputBounds = Field(
+        default_factory=InputBounds,
+        description="Bounds on inputs whose cost is not their token count "
+        "(LLMPLAT_GATEWAY__INPUT_BOUNDS__SCHEMA_BYTES, ...); teams may override each.",
     )
 
 

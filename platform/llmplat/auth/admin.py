@@ -51,8 +51,9 @@ class KeyAdmin:
         if "name" in changes and changes["name"] != name:
             raise InvalidAdminRequest("invalid name: a team cannot be renamed")
         merged = current.model_dump()
-        if "limits" in changes and isinstance(changes["limits"], dict):
-            changes = {**changes, "limits": {**merged["limits"], **changes["limits"]}}
+        for nested in ("limits", "input_bounds"):  # a partial object changes only its fields
+            if isinstance(changes.get(nested), dict):
+                changes = {**changes, nested: {**merged[nested], **changes[nested]}}
         team: Team = _validated(Team, {**merged, **changes})
         self.store.put_team(team, create=False)
         return team

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmplat.config.teams import DEFAULT_MAX_CHOICES, Limits, PriorityClass
+from llmplat.config.teams import DEFAULT_MAX_CHOICES, InputBoundsOverrides, Limits, PriorityClass
 
 VLLM_PRIORITY: dict[PriorityClass, int] = {"interactive": 0, "batch": 10}
 """vLLM's priority scheduler serves lower numbers first."""
@@ -26,6 +26,8 @@ class Principal:
     key_limits: Limits = field(default_factory=Limits)
     max_choices: int = DEFAULT_MAX_CHOICES
     cache_group: str = ""
+    input_bounds: InputBoundsOverrides = field(default_factory=InputBoundsOverrides)
+    """The team's own input bounds (unset fields: the gateway's)."""
     """Teams with the same group share the engine's prefix cache (default: the team)."""
 
     @property

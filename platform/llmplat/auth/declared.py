@@ -24,6 +24,7 @@ _COMPARED = (
     "max_choices",
     "prefix_cache_group",
     "limits",
+    "input_bounds",
 )
 
 

@@ -102,6 +102,7 @@ class RegistryAuthenticator:
             key_limits=record.limits,
             max_choices=team.max_choices,
             cache_group=team.cache_group,
+            input_bounds=team.input_bounds,
         )
 
     def _check_fresh(self) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from llmplat.settings import InputBounds
 
 PriorityClass = Literal["interactive", "batch"]
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -36,6 +38,42 @@ class Limits(_Record):
         return all(v is None for v in self.model_dump().values())
 
 
+def _override(name: str) -> Any:
+    default = InputBounds.model_fields[name]
+    ge = next((m.ge for m in default.metadata if hasattr(m, "ge")), None)
+    return Field(None, ge=ge, description=f"{default.description} Unset: the gateway's.")
+
+
+class InputBoundsOverrides(_Record):
+    """A team's own values of the gateway's input bounds (``settings.InputBounds``, whose
+    fields these are, one for one); an unset field is the gateway's setting. Raise one for a
+    team that needs larger schemas, lower one to keep a team's compile work small."""
+
+    schema_bytes: int | None = _override("schema_bytes")
+    schema_depth: int | None = _override("schema_depth")
+    schema_nodes: int | None = _override("schema_nodes")
+    schema_properties: int | None = _override("schema_properties")
+    schema_enum_values: int | None = _override("schema_enum_values")
+    schema_patterns: int | None = _override("schema_patterns")
+    schema_pattern_chars: int | None = _override("schema_pattern_chars")
+    regex_chars: int | None = _override("regex_chars")
+    grammar_chars: int | None = _override("grammar_chars")
+    choice_count: int | None = _override("choice_count")
+    choice_chars: int | None = _override("choice_chars")
+    stop_count: int | None = _override("stop_count")
+    stop_chars: int | None = _override("stop_chars")
+    bad_words_count: int | None = _override("bad_words_count")
+    bad_words_chars: int | None = _override("bad_words_chars")
+    logit_bias_entries: int | None = _override("logit_bias_entries")
+    token_ids: int | None = _override("token_ids")
+    prompts: int | None = _override("prompts")
+
+    def applied_to(self, bounds: InputBounds) -> InputBounds:
+        """``bounds`` with this team's values in place of the gateway's."""
+        mine = self.model_dump(exclude_none=True)
+        return bounds.model_copy(update=mine) if mine else bounds
+
+
 class Team(_Record):
     """A tenant of the platform: what it may use, how much, and how urgently."""
 
@@ -64,6 +102,11 @@ class Team(_Record):
         "from cache-hit timing.",
     )
     limits: Limits = Field(default_factory=Limits, description="Team-wide quotas.")
+    input_bounds: InputBoundsOverrides = Field(
+        default_factory=InputBoundsOverrides,
+        description="The team's own input bounds (schema size and complexity, stop strings, "
+        "...), each in place of the gateway's setting; unset ones are the gateway's.",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
     @property

@@ -1,5 +1,5 @@
-"""Body → engine request, in one direction: parse, check the team's policy, validate,
-encode, count.
+"""Body → engine request, in one direction: parse, check the team's policy and the input
+bounds (``gateway.bounds``), validate, encode, count.
 
 All of it is CPU work on one request (JSON parsing, request-model validation,
 fill-in-the-middle encoding, prompt tokenization), so it runs off the event loop for any
@@ -24,6 +24,7 @@ from llmplat.engine.protocol import (
     VLLMClientError,
 )
 from llmplat.gateway.backends import Method
+from llmplat.gateway.bounds import check_input_bounds
 from llmplat.gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from llmplat.gateway.fim import apply_fim
 from llmplat.gateway.requests import parse_json_object
@@ -91,6 +92,10 @@ def prepare_body(state: GatewayState, principal: Principal, raw: bytes, method: 
         )
     screen_fields(body, CHAT_FIELDS if method == "chat" else COMPLETION_FIELDS)
     choices = _choices(body, principal)
+    # Before validation, which would copy a huge schema, and before admission: a refusal
+    # costs no engine call and no quota.
+    bounds = principal.input_bounds.applied_to(state.config.gateway.input_bounds)
+    check_input_bounds(body, bounds, chat=method == "chat")
     req: GenerationRequest
     if method == "chat":
         _check_message_count(body, state.config.gateway.max_messages)
