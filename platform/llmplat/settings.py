@@ -94,8 +94,8 @@ class InputBounds(BaseModel):
     schema_patterns: int = Field(
         128,
         ge=0,
-        description="Regular expressions in a request's schemas together: 'pattern' and "
-        "'format' values and 'patternProperties' names (the engine compiles each).",
+        description="Regular expressions in a request's schemas together: 'pattern' values "
+        "and 'patternProperties' names (the engine compiles each into an automaton).",
     )
     schema_pattern_chars: int = Field(
         1024, ge=1, description="Characters of one 'pattern' (or 'patternProperties' name)."

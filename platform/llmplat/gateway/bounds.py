@@ -87,8 +87,8 @@ class SchemaTally:
                     if kind != _SCHEMA:  # a name → its schema, or data
                         stack.append((value, _SCHEMA if kind != _DATA else _DATA, depth + 1))
                         continue
-                    if key in ("pattern", "format") and isinstance(value, str):
-                        self._pattern(value if key == "pattern" else "", param)
+                    if key == "pattern" and isinstance(value, str):
+                        self._pattern(value, param)
                     elif key == "enum" and isinstance(value, list):
                         self.enum_values += len(value)
                         if self.enum_values > b.schema_enum_values:
@@ -107,7 +107,8 @@ class SchemaTally:
             elif isinstance(node, list):
                 self._container(node, depth, param)
                 # a list of schemas (anyOf, allOf, prefixItems), or of data
-                stack.extend((item, _DATA if kind == _DATA else _SCHEMA, depth + 1) for item in node)
+                item_kind = _DATA if kind == _DATA else _SCHEMA
+                stack.extend((item, item_kind, depth + 1) for item in node)
             else:
                 self._add_bytes(_scalar_bytes(node), param)
 
@@ -137,8 +138,7 @@ class SchemaTally:
         if self.patterns > b.schema_patterns:
             raise refuse(
                 param,
-                f"has at least {self.patterns} patterns and formats (the request's JSON "
-                "schemas together)",
+                f"has at least {self.patterns} patterns (the request's JSON schemas together)",
                 b.schema_patterns,
                 "schema_patterns",
             )
