@@ -95,3 +95,16 @@ def test_a_team_created_meanwhile_is_compared_not_an_error(
 def test_bad_declarations_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_declared_teams(write(tmp_path, text))
+
+
+def test_declared_input_bounds_replace_the_stored_ones(tmp_path: Path, admin: KeyAdmin) -> None:
+    admin.create_team({"name": "ci", "input_bounds": {"stop_count": 2, "schema_bytes": 9000}})
+    declared = load_declared_teams(
+        write(tmp_path, "teams:\n  - {name: ci, input_bounds: {schema_properties: 4096}}\n")
+    )
+    assert apply_declared_teams(admin, declared) == {"ci": "updated"}
+    bounds = admin.get_team("ci").input_bounds
+    assert bounds.schema_properties == 4096
+    assert bounds.stop_count is None and bounds.schema_bytes is None
+    with pytest.raises(ConfigError, match="input_bounds"):
+        load_declared_teams(write(tmp_path, "teams:\n  - {name: ci, input_bounds: {nope: 1}}\n"))

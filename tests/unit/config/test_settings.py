@@ -122,3 +122,13 @@ def test_config_by_name_or_path(tmp_path, monkeypatch) -> None:
     assert elsewhere.resolved_config() == Path("my/platform.yaml")  # a path stays a path
     unknown = settings.model_copy(update={"config": Path("nope")})
     assert unknown.resolved_config() == Path("nope")  # the loader names it in its error
+
+
+def test_input_bounds_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("LLMPLAT_GATEWAY__INPUT_BOUNDS__SCHEMA_PROPERTIES", "300")
+    monkeypatch.setenv("LLMPLAT_GATEWAY__INPUT_BOUNDS__STOP_COUNT", "8")
+    bounds = Settings().gateway.input_bounds
+    assert (bounds.schema_properties, bounds.stop_count, bounds.schema_depth) == (300, 8, 32)
+    monkeypatch.setenv("LLMPLAT_GATEWAY__INPUT_BOUNDS__SCHEMA_DEPTH", "0")
+    with pytest.raises(ValueError, match="schema_depth"):
+        Settings()
