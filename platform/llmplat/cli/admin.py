@@ -101,6 +101,8 @@ def cmd_teams(args: argparse.Namespace, settings: Settings) -> int:
         fields["max_choices"] = args.max_n
     if args.cache_group is not None:
         fields["prefix_cache_group"] = args.cache_group or None
+    if args.input_bound:
+        fields["input_bounds"] = _input_bounds(args.input_bound)
     limits = _limits(args)
     if args.teams_command == "create":
         team = admin.create_team({"name": args.name, **fields, "limits": limits})
@@ -150,6 +152,17 @@ def run_admin(func: Handler, args: argparse.Namespace, settings: Settings) -> in
         return 1
 
 
+def _input_bounds(pairs: list[str]) -> dict[str, int | None]:
+    """``--input-bound schema_properties=2048`` (repeated); ``=0`` removes the override."""
+    bounds: dict[str, int | None] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise StoreError(f"--input-bound {pair}: expected NAME=NUMBER, e.g. stop_count=16")
+        bounds[name.strip().replace("-", "_")] = int(value) or None
+    return bounds
+
+
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpm", type=int, help="requests per minute")
     p.add_argument("--tpm", type=int, help="tokens per minute")
@@ -170,6 +183,14 @@ def add_admin_commands(sub: Subcommands) -> None:
         p.add_argument(
             "--cache-group",
             help="share the engine's prefix cache with teams of this group ('' = own cache)",
+        )
+        p.add_argument(
+            "--input-bound",
+            action="append",
+            default=[],
+            metavar="NAME=N",
+            help="the team's own input bound, e.g. schema_properties=2048 (repeatable; "
+            "=0 restores the gateway's; names: docs/api.md, Input bounds)",
         )
         _add_limit_flags(p)
     p = tsub.add_parser("list", help="list teams")

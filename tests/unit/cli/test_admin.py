@@ -93,3 +93,16 @@ def test_keys_list_says_expired_for_a_key_past_its_expiry() -> None:
     assert key_state(ApiKeyRecord(**base, expires_at=now + timedelta(days=1)), now) == "active"
     assert key_state(ApiKeyRecord(**base), now) == "active"
     assert key_state(ApiKeyRecord(**base, revoked=True), now) == "revoked"
+
+
+def test_teams_take_input_bound_overrides(home, capsys) -> None:
+    args = ["--input-bound", "schema_properties=2048", "--input-bound", "stop-count=8"]
+    assert main(["teams", "create", "agents", *args]) == 0
+    assert main(["teams", "update", "agents", "--input-bound", "stop_count=0"]) == 0
+    bounds = FileKeyStore(home / "teams.yaml").load().teams["agents"].input_bounds
+    assert (bounds.schema_properties, bounds.stop_count) == (2048, None)
+    capsys.readouterr()
+    assert main(["teams", "update", "agents", "--input-bound", "stop_count"]) == 1
+    assert "expected NAME=NUMBER" in capsys.readouterr().err
+    assert main(["teams", "update", "agents", "--input-bound", "nope=3"]) == 1
+    assert "nope" in capsys.readouterr().err
