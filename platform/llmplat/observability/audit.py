@@ -104,9 +104,16 @@ MAX_BATCH = 512
 class AuditLog:
     """Appends audit lines to a file, or writes them to stdout, from a thread of its own."""
 
-    def __init__(self, sink: str | Path, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        sink: str | Path,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        console: TextIO | None = None,
+    ) -> None:
+        """``sink``: a path, or ``-`` for ``console`` (default stdout; the CLI, whose stdout
+        is a key a script captures, passes stderr)."""
         if str(sink) == "-":
-            self._stream: TextIO = sys.stdout
+            self._stream: TextIO = console or sys.stdout
             self._owned = False
         else:
             path = Path(sink)
