@@ -304,7 +304,7 @@ def team_router(state: GatewayState) -> APIRouter:
                 f"Your key belongs to team '{principal.team}'; it cannot read team '{name}'.",
                 code="other_team",
             )
-            raise refused(state, request, other, throttle=False)
+            raise refused(state, request, other, throttle=False, key_id=principal.key_id)
         return await own_usage(principal)
 
     return router

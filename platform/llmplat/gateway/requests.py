@@ -168,9 +168,11 @@ def refused(
     *,
     request_id: str | None = None,
     throttle: bool = True,
+    key_id: str | None = None,
 ) -> APIError:
     """A refused credential: counted against the client address (the error to answer: 429
-    once over the limit, unless ``throttle`` is off) and one ``auth_failure`` audit line."""
+    once over the limit, unless ``throttle`` is off) and one ``auth_failure`` audit line
+    (``key_id``: of a key that was accepted but may not do this)."""
     client = client_address(state, request)
     answer = state.auth_throttle.failed(client, error) if throttle else error
     failure = AuthFailure(
@@ -178,7 +180,7 @@ def refused(
         client=client,
         reason=error.code or type(error).__name__,
         status=answer.status,
-        key_id=_known_key_id(state, request),
+        key_id=key_id or _known_key_id(state, request),
         request_id=request_id or given_request_id(request),
     )
     try:
