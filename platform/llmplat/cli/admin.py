@@ -20,7 +20,7 @@ from typing import Any
 
 from llmplat.auth.admin import InvalidAdminRequest, KeyAdmin
 from llmplat.auth.store import ConflictError, NotFoundError, StoreError
-from llmplat.cli.base import Subcommands
+from llmplat.cli.base import Handler, Subcommands
 from llmplat.cli.output import note, print_json, stderr
 from llmplat.config.teams import ApiKeyRecord, Team
 from llmplat.observability.audit import AuditLog
@@ -210,6 +210,10 @@ def run_admin(func: AdminHandler, args: argparse.Namespace, settings: Settings) 
             audit.close()
 
 
+def _audited(func: AdminHandler) -> Handler:
+    return lambda args, settings: run_admin(func, args, settings)
+
+
 def os_user() -> str:
     """Who runs this command: the effective user's name (``uid:<n>`` without one)."""
     uid = os.geteuid()
@@ -256,7 +260,7 @@ def add_admin_commands(sub: Subcommands) -> None:
     p.add_argument("--json", action="store_true")
     p = tsub.add_parser("delete", help="delete a team and all its keys")
     p.add_argument("name")
-    teams.set_defaults(func=lambda a, s: run_admin(cmd_teams, a, s))
+    teams.set_defaults(func=_audited(cmd_teams))
 
     keys = sub.add_parser("keys", help="create, list, revoke and rotate API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
@@ -272,4 +276,4 @@ def add_admin_commands(sub: Subcommands) -> None:
     p.add_argument("key_id")
     p = ksub.add_parser("rotate", help="issue a replacement key and revoke the old one")
     p.add_argument("key_id")
-    keys.set_defaults(func=lambda a, s: run_admin(cmd_keys, a, s))
+    keys.set_defaults(func=_audited(cmd_keys))

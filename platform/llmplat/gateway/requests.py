@@ -38,12 +38,6 @@ ADMIN_ACTOR = "admin-token"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 """An ``X-Request-ID`` the gateway adopts (else it makes its own)."""
 
-UVICORN_FORWARDED_ALLOW = (ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("::1"))
-"""The peers whose ``X-Forwarded-For`` uvicorn believes by default (its
-``forwarded_allow_ips``; Ray Serve starts uvicorn without setting it, proxy and direct
-ingress alike): for those, uvicorn has already replaced ``scope["client"]`` by a forwarded
-address before the app sees the request, and the real peer is gone from the scope."""
-
 _CLIENT_KEY = "llmplat.client"
 
 Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
@@ -77,12 +71,14 @@ def client_address(state: GatewayState, request: Request) -> str | None:
 
 
 def tcp_peer(scope: dict[str, Any], forwarded: list[str]) -> str | None:
-    """The TCP peer. uvicorn (under Ray Serve) rewrites ``scope["client"]`` from
-    ``X-Forwarded-For`` when the peer is loopback (``UVICORN_FORWARDED_ALLOW``) and keeps no
-    copy of the original. A client address that is one of the header's entries (as written,
-    or any host part of it uvicorn may have read) therefore stands for a loopback peer,
-    whatever the header says; a remote peer that names itself in its own header shares the
-    loopback address's count (it can only lose by it)."""
+    """The TCP peer. Ray Serve starts uvicorn (proxy and direct-ingress replicas alike)
+    without ``proxy_headers``/``forwarded_allow_ips``, so uvicorn's defaults hold: its
+    ``ProxyHeadersMiddleware`` rewrites ``scope["client"]`` from ``X-Forwarded-For`` when the
+    peer is 127.0.0.1 or ::1 (or what ``FORWARDED_ALLOW_IPS`` says) and keeps no copy of the
+    original anywhere in the scope. A client address that is one of the header's entries
+    (as written, or any host part of it uvicorn may have read) therefore stands for a
+    loopback peer, whatever the header says; a remote peer that names itself in its own
+    header shares the loopback address's count (it can only lose by it)."""
     client = scope.get("client")
     host = client[0] if client else None
     if host is None or not any(host in _readings(entry) for entry in forwarded):
