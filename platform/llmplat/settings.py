@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -159,6 +159,13 @@ class GatewaySettings(BaseModel):
         description="Failed authentications (bad API key or admin token) one client address "
         "may make per minute; beyond that its failed attempts get 429. Valid keys are always "
         "served. 0 disables the throttle.",
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description='Networks (CIDRs, e.g. ["10.0.0.0/8"]) of the proxies in front of the '
+        "gateway whose X-Forwarded-For is believed. The client address (failed-login throttle, "
+        "audit log) is the TCP peer, or, when the peer is in one of these networks, the "
+        "right-most X-Forwarded-For entry outside them. Empty: no forwarded header is trusted.",
     )
     direct_ingress: bool = Field(
         True,

@@ -1,21 +1,30 @@
 """`llmplat teams …` and `llmplat keys …`: administration against the configured key store.
 
 Commands that create a key print the key alone on stdout (everything else goes to stderr)
-so scripts can capture it: ``KEY=$(llmplat keys create --team ci)``.
+so scripts can capture it: ``KEY=$(llmplat keys create --team ci)``. Every command leaves one
+``admin`` line in the audit log (actor: the OS user running it; client: ``cli``); a command
+that cannot open the audit log changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
 import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmplat.auth.admin import KeyAdmin
-from llmplat.auth.store import StoreError
+from llmplat.auth.admin import InvalidAdminRequest, KeyAdmin
+from llmplat.auth.store import ConflictError, NotFoundError, StoreError
 from llmplat.cli.base import Handler, Subcommands
 from llmplat.cli.output import note, print_json, stderr
 from llmplat.config.teams import ApiKeyRecord, Team
+from llmplat.observability.audit import AuditLog
+from llmplat.observability.record import AdminAction
 from llmplat.settings import Settings
 from llmplat.stores import open_key_store
 
@@ -35,6 +44,18 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 12h, 30d or 2w")
     return timedelta(seconds=float(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+@dataclass
+class Subject:
+    """What a command touched (its audit line), filled in as it becomes known."""
+
+    team: str | None = None
+    key_id: str | None = None
+    new_key_id: str | None = None
+
+
+AdminHandler = Callable[[argparse.Namespace, Settings, Subject], int]
 
 
 def _admin(settings: Settings) -> KeyAdmin:
@@ -76,7 +97,7 @@ def _key_line(k: ApiKeyRecord) -> str:
     )
 
 
-def cmd_teams(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_teams(args: argparse.Namespace, settings: Settings, subject: Subject) -> int:
     admin = _admin(settings)
     if args.teams_command == "list":
         teams = admin.list_teams()
@@ -114,7 +135,7 @@ def cmd_teams(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_keys(args: argparse.Namespace, settings: Settings, subject: Subject) -> int:
     admin = _admin(settings)
     if args.keys_command == "list":
         keys = admin.list_keys(args.team)
@@ -126,6 +147,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.keys_command == "revoke":
         key = admin.revoke_key(args.key_id)
+        subject.team = key.team
         stderr(f"revoked key '{key.key_id}' of team '{key.team}'")
         return 0
     if args.keys_command == "rotate":
@@ -135,6 +157,11 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             args.team, name=args.name, expires_in=args.expires_in, limits=_limits(args)
         )
     rec = issued.record
+    subject.team = rec.team
+    if args.keys_command == "rotate":
+        subject.new_key_id = rec.key_id
+    else:
+        subject.key_id = rec.key_id
     stderr(
         f"created key '{rec.key_id}' for team '{rec.team}'"
         + (f" (replaces '{args.key_id}', now revoked)" if args.keys_command == "rotate" else "")
@@ -144,12 +171,69 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def run_admin(func: Handler, args: argparse.Namespace, settings: Settings) -> int:
+def run_admin(func: AdminHandler, args: argparse.Namespace, settings: Settings) -> int:
+    """Run a teams/keys command and write its one audit line (no secret: keys by id)."""
+    group = "team" if func is cmd_teams else "key"
+    action = f"{group}.{getattr(args, f'{group}s_command')}"
+    sink = settings.audit_sink
     try:
-        return int(func(args, settings))
+        audit = AuditLog(sink, console=sys.stderr) if sink is not None else None
+    except OSError as exc:
+        note(f"cannot open the audit log {sink}: {exc}; nothing was changed")
+        return 1
+    subject = Subject(
+        team=getattr(args, "team", None)
+        or (getattr(args, "name", None) if group == "team" else None),
+        key_id=getattr(args, "key_id", None),
+    )
+    ok, error_code = False, "internal_error"
+    try:
+        status = int(func(args, settings, subject))
+        ok, error_code = status == 0, None
+        return status
     except StoreError as exc:
+        error_code = _error_code(exc)
         note(str(exc))
         return 1
+    finally:
+        if audit is not None:
+            audit.write(
+                AdminAction(
+                    actor=os_user(),
+                    client="cli",
+                    action=action,
+                    ok=ok,
+                    error_code=error_code,
+                    team=subject.team,
+                    key_id=subject.key_id,
+                    new_key_id=subject.new_key_id,
+                )
+            )
+            audit.close()
+
+
+def _audited(func: AdminHandler) -> Handler:
+    return lambda args, settings: run_admin(func, args, settings)
+
+
+def os_user() -> str:
+    """Who runs this command: the effective user's name (``uid:<n>`` without one)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
+def _error_code(exc: StoreError) -> str:
+    """The admin API's code for the same refusal."""
+    if isinstance(exc, NotFoundError):
+        return "not_found"
+    if isinstance(exc, ConflictError):
+        return "conflict"
+    if isinstance(exc, InvalidAdminRequest):
+        return "invalid_request"
+    return "key_store_unavailable"
 
 
 def _input_bounds(pairs: list[str]) -> dict[str, int | None]:
@@ -197,7 +281,7 @@ def add_admin_commands(sub: Subcommands) -> None:
     p.add_argument("--json", action="store_true")
     p = tsub.add_parser("delete", help="delete a team and all its keys")
     p.add_argument("name")
-    teams.set_defaults(func=lambda a, s: run_admin(cmd_teams, a, s))
+    teams.set_defaults(func=_audited(cmd_teams))
 
     keys = sub.add_parser("keys", help="create, list, revoke and rotate API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
@@ -213,4 +297,4 @@ def add_admin_commands(sub: Subcommands) -> None:
     p.add_argument("key_id")
     p = ksub.add_parser("rotate", help="issue a replacement key and revoke the old one")
     p.add_argument("key_id")
-    keys.set_defaults(func=lambda a, s: run_admin(cmd_keys, a, s))
+    keys.set_defaults(func=_audited(cmd_keys))

@@ -1,13 +1,17 @@
 """``/admin/`` (admin token) and the team's own view (``/v1/usage``, team key).
 
 The admin API is the HTTP face of :class:`KeyAdmin`, the same code the CLI runs. Store
-calls are blocking (file or Kubernetes API), so they run in a worker thread.
+calls are blocking (file or Kubernetes API), so they run in a worker thread. Every call
+leaves one audit line: ``auth_failure`` when its credential is refused, else ``admin``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,20 +19,29 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmplat.auth.admin import InvalidAdminRequest, IssuedKey, KeyAdmin
-from llmplat.auth.base import Principal, bearer_token
+from llmplat.auth.base import Principal
 from llmplat.auth.store import ConflictError, NotFoundError, StoreError
 from llmplat.config.teams import ApiKeyRecord, Limits, Team
 from llmplat.gateway.errors import (
     APIError,
-    AuthenticationFailed,
     InvalidRequest,
     NotFound,
     PermissionDenied,
     ServiceUnavailable,
 )
-from llmplat.gateway.requests import client_address, read_json_body
+from llmplat.gateway.requests import (
+    authenticate,
+    authenticate_admin,
+    client_address,
+    given_request_id,
+    read_json_body,
+    refused,
+)
 from llmplat.gateway.state import GatewayState
+from llmplat.observability.record import AdminAction
 from llmplat.quotas.model import ScopeUsage
+
+log = logging.getLogger(__name__)
 
 
 class Conflict(APIError):
@@ -86,22 +99,63 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise _store_error(exc) from exc
 
 
-def _require_admin(state: GatewayState, request: Request) -> KeyAdmin:
+def _require_admin(state: GatewayState, request: Request) -> tuple[KeyAdmin, str]:
+    """The key administration and the caller's identity (``admin-token``), once the admin
+    token is checked: refused tokens are audited and throttled like refused keys."""
     admin_token = state.config.admin_token
     if state.admin is None or admin_token is None:
         raise NotFound(
             "The admin API is disabled: set LLMPLAT_ADMIN_TOKEN to enable it.",
             code="admin_disabled",
         )
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.")
-    if not hmac.compare_digest(token.encode(), admin_token.get_secret_value().encode()):
-        denied = PermissionDenied(
-            "This credential may not use the admin API.", code="admin_token_required"
+    return state.admin, authenticate_admin(state, request, admin_token)
+
+
+@dataclass
+class _Subject:
+    """What an admin action touched, filled in as it becomes known."""
+
+    team: str | None = None
+    key_id: str | None = None
+    new_key_id: str | None = None
+
+
+@contextlib.contextmanager
+def _audited(
+    state: GatewayState, request: Request, actor: str, action: str, status: int = 200
+) -> Iterator[_Subject]:
+    """One ``admin`` audit line for the action run inside, whatever its outcome."""
+    subject = _Subject()
+    ok, error_code = False, None
+    try:
+        yield subject
+        ok = True
+    except APIError as exc:
+        status, error_code = exc.status, exc.code
+        raise
+    except asyncio.CancelledError:
+        status, error_code = 499, "cancelled"  # the store call may still finish
+        raise
+    except Exception:
+        status, error_code = 500, "internal_error"
+        raise
+    finally:
+        line = AdminAction(
+            actor=actor,
+            client=client_address(state, request),
+            action=action,
+            ok=ok,
+            status=status,
+            error_code=error_code,
+            team=subject.team,
+            key_id=subject.key_id,
+            new_key_id=subject.new_key_id,
+            request_id=given_request_id(request),
         )
-        raise state.auth_throttle.failed(client_address(request), denied)
-    return state.admin
+        try:
+            state.on_audit(line)
+        except Exception:
+            log.exception("auditing an admin action failed")
 
 
 async def _object_body(request: Request, state: GatewayState) -> dict[str, Any]:
@@ -109,92 +163,123 @@ async def _object_body(request: Request, state: GatewayState) -> dict[str, Any]:
 
 
 def admin_router(state: GatewayState) -> APIRouter:
+    """Every route checks the admin token first (a refusal is an ``auth_failure`` line) and
+    then leaves one ``admin`` audit line, reads included."""
     router = APIRouter(prefix="/admin")
 
     @router.get("/teams")
     async def list_teams(request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        teams: list[Team] = await _run(admin.list_teams)
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "team.list"):
+            teams: list[Team] = await _run(admin.list_teams)
         return {"object": "list", "data": [t.model_dump(mode="json") for t in teams]}
 
     @router.post("/teams", status_code=201)
     async def create_team(request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        team: Team = await _run(admin.create_team, await _object_body(request, state))
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "team.create", 201) as subject:
+            body = await _object_body(request, state)
+            name = body.get("name")
+            subject.team = name[:200] if isinstance(name, str) else None
+            team: Team = await _run(admin.create_team, body)
         return team.model_dump(mode="json")
 
     @router.get("/teams/{name}")
     async def get_team(name: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        team: Team = await _run(admin.get_team, name)
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "team.get") as subject:
+            subject.team = name
+            team: Team = await _run(admin.get_team, name)
         return team.model_dump(mode="json")
 
     @router.patch("/teams/{name}")
     async def update_team(name: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        team: Team = await _run(admin.update_team, name, await _object_body(request, state))
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "team.update") as subject:
+            subject.team = name
+            body = await _object_body(request, state)
+            team: Team = await _run(admin.update_team, name, body)
         return team.model_dump(mode="json")
 
     @router.delete("/teams/{name}")
     async def delete_team(name: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        await _run(admin.delete_team, name)
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "team.delete") as subject:
+            subject.team = name
+            await _run(admin.delete_team, name)
         return {"deleted": name}
 
     @router.get("/teams/{name}/usage")
     async def team_usage(name: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        team: Team = await _run(admin.get_team, name)
-        usage = await state.quotas.usage(
-            Principal(team=team.name, key_id="-", team_limits=team.limits)
-        )
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "team.usage") as subject:
+            subject.team = name
+            team: Team = await _run(admin.get_team, name)
+            usage = await state.quotas.usage(
+                Principal(team=team.name, key_id="-", team_limits=team.limits)
+            )
         return {"team": team.name, "usage": [usage_view(u) for u in usage]}
 
     @router.get("/status")
     async def status(request: Request) -> dict[str, Any]:
-        _require_admin(state, request)
-        if state.status is None:
-            raise NotFound("Deployment status is only available under Ray Serve.")
-        return {"deployments": await asyncio.to_thread(state.status)}
+        _, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "status.read"):
+            if state.status is None:
+                raise NotFound("Deployment status is only available under Ray Serve.")
+            deployments = await asyncio.to_thread(state.status)
+        return {"deployments": deployments}
 
     @router.get("/keys")
     async def list_keys(request: Request, team: str | None = None) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        keys: list[ApiKeyRecord] = await _run(admin.list_keys, team)
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "key.list") as subject:
+            subject.team = team
+            keys: list[ApiKeyRecord] = await _run(admin.list_keys, team)
         return {"object": "list", "data": [key_view(k) for k in keys]}
 
     @router.post("/teams/{name}/keys", status_code=201)
     async def create_key(name: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        try:
-            body = NewKeyBody.model_validate(await _object_body(request, state))
-        except ValueError as exc:
-            raise InvalidRequest(f"Invalid key request: {exc}") from exc
-        expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
-        issued: IssuedKey = await _run(
-            admin.create_key, name, name=body.name, expires_in=expires, limits=body.limits
-        )
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "key.create", 201) as subject:
+            subject.team = name
+            try:
+                body = NewKeyBody.model_validate(await _object_body(request, state))
+            except ValueError as exc:
+                raise InvalidRequest(f"Invalid key request: {exc}") from exc
+            expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
+            issued: IssuedKey = await _run(
+                admin.create_key, name, name=body.name, expires_in=expires, limits=body.limits
+            )
+            subject.key_id = issued.record.key_id
         return issued_view(issued)
 
     @router.post("/keys/{key_id}/revoke")
     async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        return key_view(await _run(admin.revoke_key, key_id))
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "key.revoke") as subject:
+            subject.key_id = key_id
+            key: ApiKeyRecord = await _run(admin.revoke_key, key_id)
+            subject.team = key.team
+        return key_view(key)
 
     @router.post("/keys/{key_id}/rotate", status_code=201)
     async def rotate_key(key_id: str, request: Request) -> dict[str, Any]:
-        admin = _require_admin(state, request)
-        return issued_view(await _run(admin.rotate_key, key_id))
+        admin, actor = _require_admin(state, request)
+        with _audited(state, request, actor, "key.rotate", 201) as subject:
+            subject.key_id = key_id
+            issued: IssuedKey = await _run(admin.rotate_key, key_id)
+            subject.team, subject.new_key_id = issued.record.team, issued.record.key_id
+        return issued_view(issued)
 
     return router
 
 
 def team_router(state: GatewayState) -> APIRouter:
-    """What a team key may read about its own team, and nothing about any other."""
+    """What a team key may read about its own team, and nothing about any other. Keys are
+    checked, throttled and audited as on the generation routes."""
     router = APIRouter(prefix="/v1")
 
-    async def own_usage(request: Request) -> dict[str, Any]:
-        principal = await state.authenticator.authenticate(request.headers.get("authorization"))
+    async def own_usage(principal: Principal) -> dict[str, Any]:
         usage = await state.quotas.usage(principal)
         return {
             "team": principal.team,
@@ -208,16 +293,18 @@ def team_router(state: GatewayState) -> APIRouter:
 
     @router.get("/usage")
     async def usage(request: Request) -> dict[str, Any]:
-        return await own_usage(request)
+        return await own_usage(await authenticate(state, request))
 
     @router.get("/teams/{name}/usage")
     async def named_usage(name: str, request: Request) -> dict[str, Any]:
-        principal = await state.authenticator.authenticate(request.headers.get("authorization"))
+        principal = await authenticate(state, request)
         if principal.team != name:
-            raise PermissionDenied(
+            # A valid key is never throttled, but asking for another team is audited.
+            other = PermissionDenied(
                 f"Your key belongs to team '{principal.team}'; it cannot read team '{name}'.",
                 code="other_team",
             )
-        return await own_usage(request)
+            raise refused(state, request, other, throttle=False, key_id=principal.key_id)
+        return await own_usage(principal)
 
     return router

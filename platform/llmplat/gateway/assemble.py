@@ -14,10 +14,10 @@ from llmplat.auth.registry_auth import RegistryAuthenticator, StoreFollower
 from llmplat.gateway.admission import QuotaService
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.scaling import ReportSource
-from llmplat.gateway.state import GatewayConfig, GatewayState, build_state, log_record
+from llmplat.gateway.state import GatewayConfig, GatewayState, build_state, log_event, log_record
 from llmplat.observability.audit import AuditLog, AuditRecorder
 from llmplat.observability.metrics import GatewayMetrics
-from llmplat.observability.record import RequestRecord
+from llmplat.observability.record import AdminAction, AuthFailure, RequestRecord
 from llmplat.stores import open_key_store, open_quota_store
 
 
@@ -46,10 +46,12 @@ def assemble_state(
     )
     follower = StoreFollower(key_store, authenticator.update)
     on_finish: Callable[[RequestRecord], None] = log_record
+    on_audit: Callable[[AdminAction | AuthFailure], None] = log_event
     closing: list[Callable[[], Any]] = [quota_store.close]  # after settlements still running
     if config.audit_sink is not None:
         audit = AuditLog(config.audit_sink)
         on_finish = AuditRecorder(audit, log_record)
+        on_audit = audit.write
         closing.append(audit.close)
     return build_state(
         config,
@@ -61,6 +63,7 @@ def assemble_state(
         admin=KeyAdmin(key_store),
         status=status,
         on_finish=on_finish,
+        on_audit=on_audit,
         starting=(lambda: follower.start(asyncio.get_running_loop()),),
         stopping=(follower.stop,),
         closing=closing,

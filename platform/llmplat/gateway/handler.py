@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,7 +31,7 @@ from llmplat.gateway.errors import (
 from llmplat.gateway.lifecycle import RequestLifecycle
 from llmplat.gateway.middleware import SCOPE_KEY
 from llmplat.gateway.prepare import Prepared, prepare
-from llmplat.gateway.requests import authenticate, client_address, read_body
+from llmplat.gateway.requests import authenticate, client_address, given_request_id, read_body
 from llmplat.gateway.state import GatewayModel, GatewayState
 from llmplat.gateway.streaming import relay_stream
 from llmplat.gateway.usage import Usage
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DRAIN_TIMEOUT_S = 10.0
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class GenerationHandler:
@@ -56,15 +54,14 @@ class GenerationHandler:
         # Serve's proxy (and a direct-ingress replica) puts an X-Request-ID on every request
         # and echoes it on the response; the audit log uses the same id, and the header is
         # set here only when nobody set one, so the response never carries two.
-        incoming = request.headers.get("x-request-id", "")
-        given = bool(_REQUEST_ID.fullmatch(incoming))
-        request_id = incoming if given else uuid.uuid4().hex
+        given = given_request_id(request)
+        request_id = given or uuid.uuid4().hex
         headers = {} if given else {"x-request-id": request_id}
-        life = RequestLifecycle(state, method, request_id, client_address(request))
+        life = RequestLifecycle(state, method, request_id, client_address(state, request))
         request.scope[SCOPE_KEY] = life  # the lifecycle middleware concludes it
         try:
             # Cheap checks first: a key at its request or concurrency limit costs no body read.
-            principal = await authenticate(state, request)
+            principal = await authenticate(state, request, request_id=request_id)
             life.identified(principal)
             await state.quotas.precheck(principal)
             raw = await read_body(request, state.config.gateway.max_request_bytes)

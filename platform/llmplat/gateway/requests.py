@@ -1,33 +1,201 @@
-"""What an HTTP request says before any route logic: its peer, its key's principal, its
-body (read with a size limit) as a JSON object. The generation body becomes an engine
-request in ``gateway.prepare``."""
+"""What an HTTP request says before any route logic: its client address, its credential's
+principal (the one authenticate-and-throttle step of every route that takes a key or the
+admin token), its body (read with a size limit) as a JSON object. The generation body
+becomes an engine request in ``gateway.prepare``."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import logging
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
 from starlette.requests import ClientDisconnect, Request
 
-from llmplat.auth.base import Principal
-from llmplat.gateway.errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge
+from llmplat.auth.base import Principal, bearer_token
+from llmplat.auth.keys import parse_key
+from llmplat.gateway.errors import (
+    APIError,
+    AuthenticationFailed,
+    InvalidRequest,
+    PayloadTooLarge,
+    PermissionDenied,
+)
+from llmplat.observability.record import AuthFailure
 
 if TYPE_CHECKING:
     from llmplat.gateway.state import GatewayState
 
+log = logging.getLogger(__name__)
 
-def client_address(request: Request) -> str | None:
-    """The peer's address (behind an Ingress: the controller's)."""
-    return request.client.host if request.client else None
+ADMIN_ACTOR = "admin-token"
+"""Who an admin API call acts as (the audit line's ``actor``)."""
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""An ``X-Request-ID`` the gateway adopts (else it makes its own)."""
+
+_CLIENT_KEY = "llmplat.client"
+
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
-async def authenticate(state: GatewayState, request: Request) -> Principal:
-    """The principal of the request's key; failures are counted per client address (429
-    past the limit)."""
+def given_request_id(request: Request) -> str | None:
+    """The request's ``X-Request-ID`` when it is one the gateway adopts."""
+    incoming = request.headers.get("x-request-id", "")
+    return incoming if REQUEST_ID.fullmatch(incoming) else None
+
+
+def client_address(state: GatewayState, request: Request) -> str | None:
+    """The client's address as the throttle, the audit log and the request record see it:
+    the TCP peer, or, when the peer is one of ``gateway.trusted_proxies``, the right-most
+    ``X-Forwarded-For`` entry outside them. Nothing a client writes is believed otherwise."""
+    if _CLIENT_KEY not in request.scope:
+        entries = [
+            item.strip()
+            for value in request.headers.getlist("x-forwarded-for")
+            for item in value.split(",")
+        ]
+        peer = tcp_peer(request.scope, entries)
+        trusted = state.config.gateway.trusted_proxies
+        client = peer
+        if entries and peer is not None and _within(peer, trusted):
+            nearest = _rightmost_untrusted([_address(e) for e in entries], trusted)
+            client = nearest if _ip(nearest) is not None else peer
+        request.scope[_CLIENT_KEY] = client
+    client = request.scope[_CLIENT_KEY]
+    return client if isinstance(client, str) else None
+
+
+def tcp_peer(scope: dict[str, Any], forwarded: list[str]) -> str | None:
+    """The TCP peer. Ray Serve starts uvicorn (proxy and direct-ingress replicas alike)
+    without ``proxy_headers``/``forwarded_allow_ips``, so uvicorn's defaults hold: its
+    ``ProxyHeadersMiddleware`` rewrites ``scope["client"]`` from ``X-Forwarded-For`` when the
+    peer is 127.0.0.1 or ::1 (or what ``FORWARDED_ALLOW_IPS`` says) and keeps no copy of the
+    original anywhere in the scope. A client address that is one of the header's entries
+    (as written, or any host part of it uvicorn may have read) therefore stands for a
+    loopback peer, whatever the header says; a remote peer that names itself in its own
+    header shares the loopback address's count (it can only lose by it)."""
+    client = scope.get("client")
+    host = client[0] if client else None
+    if host is None or not any(host in _readings(entry) for entry in forwarded):
+        return host
+    server = scope.get("server")
+    ipv6 = bool(server) and ":" in str(server[0])
+    return "::1" if ipv6 else "127.0.0.1"
+
+
+def _readings(entry: str) -> set[str]:
+    """Every host uvicorn's ``ProxyHeadersMiddleware`` may read from one entry (``1.2.3.4``,
+    ``1.2.3.4:80``, ``[::1]:80``, ``::1``, or anything kept whole)."""
+    found = {entry}
+    if entry.startswith("[") and "]" in entry:
+        found.add(entry[1 : entry.index("]")])
+    if entry.count(":") == 1:
+        found.add(entry.rsplit(":", 1)[0])
+    return found
+
+
+def _address(entry: str) -> str:
+    """The IP address an entry names (port and brackets dropped), else the entry."""
+    for reading in sorted(_readings(entry), key=len):
+        if _ip(reading) is not None:
+            return reading
+    return entry
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _within(host: str, networks: Networks) -> bool:
+    address = _ip(host)
+    return address is not None and any(address in net for net in networks)
+
+
+def _rightmost_untrusted(hosts: list[str], trusted: Networks) -> str:
+    """Each proxy appends its peer: the right-most entry no trusted proxy wrote is the
+    client (the left-most when every entry is a trusted proxy)."""
+    for host in reversed(hosts):
+        if not _within(host, trusted):
+            return host
+    return hosts[0]
+
+
+async def authenticate(
+    state: GatewayState, request: Request, *, request_id: str | None = None
+) -> Principal:
+    """The principal of the request's key. A refused key is audited and counted per client
+    address (429 past the limit)."""
     try:
         return await state.authenticator.authenticate(request.headers.get("authorization"))
     except AuthenticationFailed as exc:
-        raise state.auth_throttle.failed(client_address(request), exc) from None
+        raise refused(state, request, exc, request_id=request_id) from None
+
+
+def authenticate_admin(state: GatewayState, request: Request, admin_token: SecretStr) -> str:
+    """The admin API's credential check, audited and throttled like a key's; the actor."""
+    token = bearer_token(request.headers.get("authorization"))
+    error: APIError | None = None
+    if token is None:
+        error = AuthenticationFailed(
+            "The admin API needs 'Authorization: Bearer <admin token>'.",
+            code="missing_admin_token",
+        )
+    elif not hmac.compare_digest(token.encode(), admin_token.get_secret_value().encode()):
+        error = PermissionDenied(
+            "This credential may not use the admin API.", code="admin_token_required"
+        )
+    if error is not None:
+        raise refused(state, request, error)
+    return ADMIN_ACTOR
+
+
+def refused(
+    state: GatewayState,
+    request: Request,
+    error: APIError,
+    *,
+    request_id: str | None = None,
+    throttle: bool = True,
+    key_id: str | None = None,
+) -> APIError:
+    """A refused credential: counted against the client address (the error to answer: 429
+    once over the limit, unless ``throttle`` is off) and one ``auth_failure`` audit line
+    (``key_id``: of a key that was accepted but may not do this)."""
+    client = client_address(state, request)
+    answer = state.auth_throttle.failed(client, error) if throttle else error
+    failure = AuthFailure(
+        route=f"{request.method} {request.url.path[:200]}",
+        client=client,
+        reason=error.code or type(error).__name__,
+        status=answer.status,
+        key_id=key_id or _known_key_id(state, request),
+        request_id=request_id or given_request_id(request),
+    )
+    try:
+        state.on_audit(failure)
+    except Exception:
+        log.exception("auditing a failed login failed")
+    return answer
+
+
+def _known_key_id(state: GatewayState, request: Request) -> str | None:
+    """The id of a key this replica knows, when the credential is one of its format (never
+    anything of an unknown credential: it may be a mistyped secret)."""
+    token = bearer_token(request.headers.get("authorization"))
+    parsed = parse_key(token) if token else None
+    registry = getattr(state.authenticator, "registry", None)
+    keys = getattr(registry, "keys", None)
+    if parsed is None or not isinstance(keys, dict):
+        return None
+    return parsed[0] if parsed[0] in keys else None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

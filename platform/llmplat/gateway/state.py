@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,8 +25,9 @@ from llmplat.gateway.scaling import ReportSource, ScaleView
 from llmplat.gateway.throttle import FailedAuthThrottle
 from llmplat.gateway.tokens import PromptCounter
 from llmplat.gateway.usage import Usage
+from llmplat.observability.audit import audit_line
 from llmplat.observability.metrics import GatewayMetrics
-from llmplat.observability.record import RequestRecord
+from llmplat.observability.record import AdminAction, AuthFailure, RequestRecord
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.settings import GatewaySettings, KeyStoreSettings, QuotaSettings
 
@@ -91,6 +93,11 @@ def log_record(record: RequestRecord) -> None:
     )
 
 
+def log_event(event: AdminAction | AuthFailure) -> None:
+    """Without an audit log, admin actions and failed logins go to the server log."""
+    log.info("audit %s", json.dumps(audit_line(event), separators=(",", ":")))
+
+
 @dataclass
 class GatewayState:
     """One replica's request pipeline, built complete by :func:`build_state`."""
@@ -105,6 +112,8 @@ class GatewayState:
     scale: ScaleView
     """The autoscaler's reports of the models whose replica count may change."""
     on_finish: Callable[[RequestRecord], None] = log_record
+    on_audit: Callable[[AdminAction | AuthFailure], None] = log_event
+    """Where admin actions and failed logins go (the audit log, as ``on_finish``'s lines)."""
     clock: Callable[[], float] = time.perf_counter
     status: Callable[[], Any] | None = None
     """Deployment status for ``/admin/status`` (Ray Serve's, when running under Serve)."""
@@ -195,6 +204,7 @@ def build_state(
     admin: KeyAdmin | None = None,
     status: Callable[[], Any] | None = None,
     on_finish: Callable[[RequestRecord], None] = log_record,
+    on_audit: Callable[[AdminAction | AuthFailure], None] = log_event,
     starting: Sequence[Hook] = (),
     stopping: Sequence[Hook] = (),
     closing: Sequence[Hook] = (),
@@ -217,6 +227,7 @@ def build_state(
         metrics=metrics,
         scale=ScaleView(autoscaled, scale_source, metrics),
         on_finish=on_finish,
+        on_audit=on_audit,
         status=status,
         admin=admin,
         starting=tuple(starting),

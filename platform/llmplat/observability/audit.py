@@ -1,4 +1,8 @@
-"""One JSON line per request: who, which model, outcome, tokens, latency. Never any text.
+"""The audit log: one JSON line per event, never any text or secret. Three kinds (the
+``kind`` field): ``request`` (every generation request: who, which model, outcome, tokens,
+latency), ``admin`` (every admin API call and every ``llmplat teams|keys`` command: who,
+what, which team or key, outcome), ``auth_failure`` (every refused credential on any route:
+route, client, reason). Schema: docs/teams-and-quotas.md#audit.
 
 Lines are gathered on the event loop and handed to a writer thread in batches (at most every
 ``flush_interval_s``, or at ``MAX_BATCH`` lines): one thread wake-up per batch instead of one
@@ -20,13 +24,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmplat.observability.record import RequestRecord
+from llmplat.observability.record import AdminAction, AuthFailure, RequestRecord
+
+AuditEntry = RequestRecord | AdminAction | AuthFailure
 
 
-def audit_line(record: RequestRecord) -> dict[str, Any]:
+def _time(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+def audit_line(entry: AuditEntry) -> dict[str, Any]:
+    """The JSON object of one entry (its ``kind`` says which fields follow)."""
+    if isinstance(entry, AdminAction):
+        return admin_line(entry)
+    if isinstance(entry, AuthFailure):
+        return auth_failure_line(entry)
+    return request_line(entry)
+
+
+def request_line(record: RequestRecord) -> dict[str, Any]:
     usage = record.usage
     return {
-        "time": datetime.fromtimestamp(record.wall_started, UTC).isoformat(timespec="milliseconds"),
+        "time": _time(record.wall_started),
+        "kind": "request",
         "request_id": record.request_id,
         "team": record.team,
         "key_id": record.key_id,
@@ -44,6 +64,36 @@ def audit_line(record: RequestRecord) -> dict[str, Any]:
     }
 
 
+def admin_line(action: AdminAction) -> dict[str, Any]:
+    return {
+        "time": _time(action.wall_time),
+        "kind": "admin",
+        "request_id": action.request_id,
+        "actor": action.actor,
+        "client": action.client,
+        "action": action.action,
+        "team": action.team,
+        "key_id": action.key_id,
+        "new_key_id": action.new_key_id,
+        "ok": action.ok,
+        "status": action.status,
+        "error_code": action.error_code,
+    }
+
+
+def auth_failure_line(failure: AuthFailure) -> dict[str, Any]:
+    return {
+        "time": _time(failure.wall_time),
+        "kind": "auth_failure",
+        "request_id": failure.request_id,
+        "route": failure.route,
+        "client": failure.client,
+        "reason": failure.reason,
+        "key_id": failure.key_id,
+        "status": failure.status,
+    }
+
+
 AUDIT_FILE_MODE = 0o600
 
 
@@ -54,9 +104,16 @@ MAX_BATCH = 512
 class AuditLog:
     """Appends audit lines to a file, or writes them to stdout, from a thread of its own."""
 
-    def __init__(self, sink: str | Path, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        sink: str | Path,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        console: TextIO | None = None,
+    ) -> None:
+        """``sink``: a path, or ``-`` for ``console`` (default stdout; the CLI, whose stdout
+        is a key a script captures, passes stderr)."""
         if str(sink) == "-":
-            self._stream: TextIO = sys.stdout
+            self._stream: TextIO = console or sys.stdout
             self._owned = False
         else:
             path = Path(sink)
@@ -74,8 +131,8 @@ class AuditLog:
         self._writer.daemon = True
         self._writer.start()
 
-    def write(self, record: RequestRecord) -> None:
-        self._lines.append(json.dumps(audit_line(record), separators=(",", ":")))
+    def write(self, entry: AuditEntry) -> None:
+        self._lines.append(json.dumps(audit_line(entry), separators=(",", ":")))
         if len(self._lines) >= MAX_BATCH:
             self.flush()
         elif self._timer is None:

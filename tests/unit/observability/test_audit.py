@@ -52,6 +52,7 @@ async def test_one_line_per_request_without_text_or_secrets(
     for _ in range(100):  # the sink writes from a background thread
         text = audit_path.read_text() if audit_path.exists() else ""
         lines = [json.loads(x) for x in text.splitlines()]
+        lines = [x for x in lines if x["kind"] == "request"]
         if len(lines) >= 5:
             break
         await asyncio.sleep(0.02)
@@ -72,7 +73,7 @@ async def test_one_line_per_request_without_text_or_secrets(
     assert lines[4]["endpoint"] == "completions" and lines[4]["prompt_tokens"] > 10  # FIM
     assert ok["bytes"] == len(answer.content) > 0  # the body the client received
     assert set(ok) == {
-        "time", "request_id", "team", "key_id", "model", "endpoint", "stream", "status",
+        "time", "kind", "request_id", "team", "key_id", "model", "endpoint", "stream", "status",
         "error_code", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "client",
         "bytes",
     }  # fmt: skip
