@@ -62,6 +62,19 @@ OVERRIDDEN: dict[str, tuple[type[BaseModel], str, str, str]] = {
 }
 """Chart values that set a setting to something other than its default, on purpose."""
 
+WHEN_SET: dict[str, tuple[type[BaseModel], str, str, str]] = {
+    # chart value: (settings model, its field, the variable, what leaving it empty means)
+    # trusted_proxies comes with the gateway's X-Forwarded-For change (issue 27): until
+    # GatewaySettings has the field, the tests below check the chart's side only.
+    "gateway.trustedProxies": (
+        GatewaySettings,
+        "trusted_proxies",
+        "LLMPLAT_GATEWAY__TRUSTED_PROXIES",
+        "empty: the variable is left out and the setting's default (no trusted proxy) applies",
+    ),
+}
+"""Chart values rendered into their variable only when set (the settings' default otherwise)."""
+
 MAPPED: dict[str, tuple[type[BaseModel], str, str]] = {
     **REPEATED,
     **{key: (model, name, var) for key, (model, name, var, _) in OVERRIDDEN.items()},
@@ -124,7 +137,29 @@ def test_every_value_the_env_configmap_reads_is_mapped() -> None:
     template = (chart.CHART / "templates" / "configmap.yaml").read_text()
     read = {(key, var) for var, key in _VALUE_LINE.findall(template)}
     assert read, "no `LLMPLAT_X: {{ .Values.… }}` line found: the pattern is stale"
-    assert read == {(key, var) for key, (_, _, var) in MAPPED.items()}
+    assert read == {(key, var) for key, (_, _, var) in MAPPED.items()} | {
+        (key, var) for key, (_, _, var, _) in WHEN_SET.items()
+    }
+
+
+@pytest.mark.parametrize("key", sorted(WHEN_SET))
+def test_values_rendered_when_set_are_left_out_by_default(key: str) -> None:
+    """Empty by default, the variable absent, and the settings' default the same emptiness;
+    set, the variable holds the value as JSON, which the settings read back."""
+    model, name, var, reason = WHEN_SET[key]
+    assert reason
+    assert _chart_value(key) in ([], {}, "", None)
+    assert var not in chart.find(chart.render(), "ConfigMap", "llmplat-env")["data"]
+    value = ["10.0.0.0/8", "fd00::/8"]
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    env = chart.find(chart.render(overrides=nested), "ConfigMap", "llmplat-env")["data"]
+    assert json.loads(env[var]) == value
+    if name not in model.model_fields:
+        pytest.skip(f"{model.__name__}.{name} does not exist yet: the chart's side is checked")
+    assert not _default(model, name), f"{model.__name__}.{name}: the chart leaves it unset"
+    assert _parsed(model, name, json.loads(env[var])) == _parsed(model, name, value)
 
 
 def test_each_mapped_value_becomes_its_variable() -> None:

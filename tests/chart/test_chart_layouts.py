@@ -158,9 +158,11 @@ def test_host_path_weights() -> None:
 
 def test_builtin_model_is_built_in_every_pod(rendered) -> None:
     rs = chart.find(rendered["dev-cpu"], "RayService")
-    for _, spec, _ in containers(rs):
-        (init,) = spec["initContainers"]
+    for role, spec, _ in containers(rs):
+        (init,) = [c for c in spec["initContainers"] if c.get("restartPolicy") != "Always"]
         assert init["command"] == ["llmplat", "model", "build-tiny"]
+        sidecars = [c["name"] for c in spec["initContainers"] if c.get("restartPolicy")]
+        assert sidecars == (["audit"] if role == "gateway" else [])
         assert "models" not in {v["name"] for v in spec["volumes"]}
 
 
@@ -189,8 +191,10 @@ def test_settings_reach_the_pods(rendered) -> None:
     rs = chart.find(rendered["h100x8"], "RayService")
     for role, spec, c in containers(rs):
         env_vars = {e["name"]: e for e in c["env"]}
-        assert env_vars["LLMPLAT_KEYSTORE__NAMESPACE"]["valueFrom"]["fieldRef"] == {
-            "fieldPath": "metadata.namespace"
+        # the key store's own namespace, where the gateway's Role is (keyStore.namespace)
+        assert env_vars["LLMPLAT_KEYSTORE__NAMESPACE"] == {
+            "name": "LLMPLAT_KEYSTORE__NAMESPACE",
+            "value": "llmplat-keys",
         }
         assert "LLMPLAT_ADMIN_TOKEN" not in env_vars
         assert "LLMPLAT_QUOTAS__REDIS_URL" not in env_vars

@@ -111,5 +111,10 @@ def test_prometheus_rule_and_dashboards_are_the_deploy_files(rendered_all_on) ->
 def test_every_object_is_namespaced_and_labelled(rendered_all_on, case) -> None:
     for doc in rendered_all_on[case]:
         meta = doc["metadata"]
-        assert meta["namespace"] == "llmplat", (doc["kind"], meta["name"])
+        # the key store's Role and RoleBinding sit in its namespace of its own
+        keys = doc["kind"] in ("Role", "RoleBinding") and meta["name"] == "llmplat-keystore"
+        assert meta["namespace"] == ("llmplat-keys" if keys else "llmplat"), (
+            doc["kind"],
+            meta["name"],
+        )
         assert meta["labels"]["app.kubernetes.io/instance"] == "llmplat"

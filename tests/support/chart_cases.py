@@ -10,7 +10,7 @@ import pytest
 
 from support import chart
 
-KUBE_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
+KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 """The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known."""
 
 CASES: dict[str, tuple[Path, ...]] = {"default": ()} | {p.stem: (p,) for p in chart.values_files()}

@@ -55,8 +55,20 @@ autoscaler (KubeRay binds its autoscaler Role to the head's account), model pods
 {{- end }}
 {{- end }}
 
+{{/* Namespace of the key store's Secrets: a namespace of its own by default, because the
+gateway's Role covers every Secret of that namespace (RBAC grants no Secret by label). */}}
 {{- define "llmplat.keyStoreNamespace" -}}
-{{- default .Release.Namespace .Values.keyStore.namespace }}
+{{- default (printf "%s-keys" .Release.Namespace) .Values.keyStore.namespace }}
+{{- end }}
+
+{{/* The audit log: a named pipe the gateway writes and the gateway pods' `audit` container
+copies to its stdout (kubectl logs -c audit). */}}
+{{- define "llmplat.auditDir" -}}
+/var/log/llmplat
+{{- end }}
+
+{{- define "llmplat.auditSink" -}}
+{{ include "llmplat.auditDir" . }}/audit.log
 {{- end }}
 
 {{/* The llmplat image: a digest pins it exactly; else the tag (default <appVersion>-<cpu|gpu>). */}}
@@ -150,6 +162,9 @@ value to change.
 {{- end }}
 {{- if and (gt (int .Values.gateway.replicas) 1) (not (include "llmplat.redisUrlSecretName" .)) }}
 {{- fail (printf "gateway.replicas is %v: several gateway replicas share quotas through Redis; set redis.enabled=true or externalRedis.url / externalRedis.existingSecret" .Values.gateway.replicas) }}
+{{- end }}
+{{- if and (eq (include "llmplat.keyStoreNamespace" .) .Release.Namespace) (not .Values.keyStore.allowReleaseNamespace) }}
+{{- fail (printf "keyStore.namespace is the release's namespace (%s): the gateway's Role would cover every Secret there (the Ray token, the Redis password, TLS keys), since RBAC cannot grant Secrets by label. Leave keyStore.namespace empty (%s-keys) or name another namespace; set keyStore.allowReleaseNamespace=true to accept it" .Release.Namespace .Release.Namespace) }}
 {{- end }}
 {{- range $i, $peer := .Values.networkPolicy.gatewayFrom }}
 {{- if and (hasKey $peer "namespaceSelector") (not $peer.namespaceSelector) }}

@@ -2,13 +2,7 @@
 gateway pods only: llmplat.gatewaySecrets*). */}}
 {{- define "llmplat.rayEnv" -}}
 - name: LLMPLAT_KEYSTORE__NAMESPACE
-{{- if .Values.keyStore.namespace }}
-  value: {{ .Values.keyStore.namespace | quote }}
-{{- else }}
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
-{{- end }}
+  value: {{ include "llmplat.keyStoreNamespace" . | quote }}
 {{- end }}
 
 {{- define "llmplat.secretsDir" -}}
@@ -88,6 +82,10 @@ readinessProbe:
 {{- $root := .root }}
 - name: tmp
   mountPath: /tmp
+{{- /* KubeRay adds an emptyDir without a size limit at /tmp/ray (the autoscaler's logs)
+unless the container mounts one there: this one has a limit. */}}
+- name: ray-logs
+  mountPath: /tmp/ray
 - name: home
   mountPath: /var/lib/llmplat
 - name: shm
@@ -104,14 +102,22 @@ readinessProbe:
 - name: llmplat-secrets
   mountPath: {{ include "llmplat.secretsDir" $root }}
   readOnly: true
+- name: audit
+  mountPath: {{ include "llmplat.auditDir" $root }}
 {{- end }}
 {{- end }}
 
 {{- define "llmplat.rayVolumes" -}}
+{{- $scratch := index .root.Values.scratch .role }}
 - name: tmp
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ $scratch.tmp }}
+- name: ray-logs
+  emptyDir:
+    sizeLimit: {{ $scratch.rayLogs }}
 - name: home
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ $scratch.home }}
 - name: shm
   emptyDir:
     medium: Memory
@@ -133,7 +139,47 @@ readinessProbe:
 {{- end }}
 {{- if eq .role "gateway" }}
 {{ include "llmplat.gatewaySecretsVolume" .root }}
+- name: audit
+  emptyDir:
+    sizeLimit: {{ .root.Values.scratch.audit }}
 {{- end }}
+{{- end }}
+
+{{/* The gateway pods' audit container: a native sidecar (started before, stopped after the Ray
+container; restarted on its own) that makes the owner-only named pipe the gateway's audit log
+writes into and copies every line to its stdout, where the kubelet's log files and the
+cluster's log pipeline take it (kubectl logs -c audit). It holds the pipe open for reading
+and writing, so it never sees an end of file when the gateway replica restarts; while it
+restarts, the gateway's writes fail (reported on the gateway's stderr) and resume with it. */}}
+{{- define "llmplat.auditSidecar" -}}
+- name: audit
+  image: {{ include "llmplat.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  restartPolicy: Always
+  command: ["sh", "-c"]
+  args:
+    - >-
+      [ -p "$AUDIT_PIPE" ] || { rm -f "$AUDIT_PIPE" && mkfifo -m 600 "$AUDIT_PIPE"; } &&
+      exec cat 0<>"$AUDIT_PIPE"
+  env:
+    - name: AUDIT_PIPE
+      value: {{ include "llmplat.auditSink" . }}
+  startupProbe:
+    exec:
+      command: ["sh", "-c", "test -p \"$AUDIT_PIPE\""]
+    periodSeconds: 1
+    failureThreshold: 30
+  livenessProbe:
+    exec:
+      command: ["sh", "-c", "test -p \"$AUDIT_PIPE\""]
+    periodSeconds: 30
+  resources:
+    {{- toYaml .Values.gateway.audit.resources | nindent 4 }}
+  securityContext:
+    {{- include "llmplat.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: audit
+      mountPath: {{ include "llmplat.auditDir" . }}
 {{- end }}
 
 {{/* Builtin models (the tiny CPU model) are built offline into each pod's home first. */}}
@@ -145,7 +191,6 @@ readinessProbe:
 {{- end }}
 {{- end }}
 {{- if $builtin }}
-initContainers:
   - name: build-builtin-model
     image: {{ include "llmplat.image" . }}
     imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -167,6 +212,18 @@ initContainers:
 {{- end }}
 {{- end }}
 
+{{/* Init containers of one role's pods: the audit sidecar (gateway), the builtin model. */}}
+{{- define "llmplat.initContainers" -}}
+{{- $model := include "llmplat.modelInit" .root }}
+{{- if or $model (eq .role "gateway") }}
+initContainers:
+{{- if eq .role "gateway" }}
+{{- include "llmplat.auditSidecar" .root | nindent 2 }}
+{{- end }}
+{{- $model }}
+{{- end }}
+{{- end }}
+
 {{/* The pod spec shared by head, gateway and model pods; differences come in through args. */}}
 {{- define "llmplat.rayPodSpec" -}}
 {{- $root := .root }}
@@ -179,7 +236,7 @@ securityContext:
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- include "llmplat.modelInit" $root }}
+{{- include "llmplat.initContainers" (dict "root" $root "role" .role) }}
 containers:
   - name: {{ .container }}
     image: {{ include "llmplat.image" $root }}
