@@ -156,8 +156,13 @@ def link_tests() -> None:
 def run_mutants(names: Sequence[str], max_children: int) -> int:
     """`mutmut run` on exactly these mutants; returns its exit status."""
     mutmut = Path(sys.executable).parent / "mutmut"
+    # Tests that start `python -m llmplat` in a subprocess need the package importable there
+    # (mutmut puts platform/mutants on sys.path of its own process only): the source tree,
+    # as an editable install would give it.
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(
         os.environ,
+        PYTHONPATH=path,
         LLMPLAT_CONFIG_DIR=str(REPO / "configs"),
         LLMPLAT_LOADTEST__DIR=str(REPO / "loadtests"),
     )
