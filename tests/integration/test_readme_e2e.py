@@ -18,7 +18,7 @@ import yaml
 from support import MODEL
 from support.readme import REPO, VENV_BIN, block_with, shell_lines
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900, func_only=True)]
 
 README = REPO / "README.md"
 
