@@ -42,7 +42,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -155,7 +155,6 @@ def link_tests() -> None:
 
 def run_mutants(names: Sequence[str], max_children: int) -> int:
     """`mutmut run` on exactly these mutants; returns its exit status."""
-    mutmut = Path(sys.executable).parent / "mutmut"
     # Tests that start `python -m llmplat` in a subprocess need the package importable there
     # (mutmut puts platform/mutants on sys.path of its own process only): the source tree,
     # as an editable install would give it.
@@ -166,8 +165,35 @@ def run_mutants(names: Sequence[str], max_children: int) -> int:
         LLMPLAT_CONFIG_DIR=str(REPO / "configs"),
         LLMPLAT_LOADTEST__DIR=str(REPO / "loadtests"),
     )
-    command = [str(mutmut), "run", "--max-children", str(max_children), *names]
+    command = [sys.executable, __file__, "mutmut-run", "--max-children", str(max_children), *names]
     return subprocess.run(command, cwd=HERE, env=env, check=False).returncode
+
+
+class _SnapshotSet(set):  # type: ignore[type-arg]
+    """A set whose iteration walks a copy (taken atomically, under the GIL)."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set.copy(self))
+
+
+def mutmut_run(argv: Sequence[str]) -> int:
+    """`mutmut run ARGV` in this process, with one fix to mutmut 3.8.1's stats collection.
+
+    While collecting which tests reach which functions, mutmut iterates the set of
+    functions a test reached in its pytest teardown hook, while code the test left running
+    in other threads (the gateway's worker threads) may still add to it: "Set changed size
+    during iteration" stops the run. Iterating a copy fixes it.
+    """
+    from mutmut.__main__ import cli  # noqa: PLC0415 - optional tool, imported when used
+    from mutmut.state import state  # noqa: PLC0415
+
+    os.chdir(HERE)
+    state()._stats = _SnapshotSet()
+    try:
+        cli.main(args=["run", *argv], prog_name="mutmut", standalone_mode=True)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 1
+    return 0
 
 
 def report(drawn: dict[str, list[str]], results: dict[str, int | None]) -> str:
@@ -214,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mutmut-run"]:  # internal: run_mutants' child process
+        return mutmut_run(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "run" or not (HERE / "mutants").is_dir():
         generate(args.max_children)
