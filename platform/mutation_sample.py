@@ -7,6 +7,7 @@ per package estimates each package's score, reported with a 95 % Wilson interval
         [--packages quotas auth gateway] [--max-children 1]
     python platform/mutation_sample.py draw ...      print the names a `run` would draw
     python platform/mutation_sample.py report ...    the table for the last run of that draw
+    python platform/mutation_sample.py run --not-killed-only ...   after adding tests
 
 `run` generates mutmut's mutants (platform/mutants/), draws N mutant names per package from
 the *sorted* list of that package's mutants with `random.Random(seed)` (so a checkout of the
@@ -95,14 +96,18 @@ def mutant_results(root: Path = HERE) -> dict[str, int | None]:
 def draw(
     names: Iterable[str], packages: Sequence[str], per_package: int, seed: int
 ) -> dict[str, list[str]]:
-    """Per package, `per_package` names drawn from the sorted pool with one seeded generator."""
+    """Per package, `per_package` names drawn from the sorted pool with one seeded generator.
+
+    The generator draws for every package of PACKAGES in that order, whichever are asked
+    for, so a package's sample does not depend on which others are asked for with it.
+    """
     ordered = sorted(set(names))
     rng = random.Random(seed)
     drawn: dict[str, list[str]] = {}
-    for package in packages:
+    for package in PACKAGES:
         pool = [n for n in ordered if n.startswith(f"llmplat.{package}.")]
         drawn[package] = sorted(rng.sample(pool, min(per_package, len(pool))))
-    return drawn
+    return {package: drawn[package] for package in packages}
 
 
 def generate(max_children: int) -> None:
@@ -236,6 +241,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--packages", nargs="+", default=list(PACKAGES), choices=PACKAGES)
     parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument(
+        "--not-killed-only",
+        action="store_true",
+        help="run only the drawn mutants the last run did not kill (after adding tests: a "
+        "killed mutant stays killed, so the report still covers the whole draw)",
+    )
     return parser
 
 
@@ -252,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     status = 0
     if args.command == "run":
-        status = run_mutants([n for names in drawn.values() for n in names], args.max_children)
+        names = [n for names in drawn.values() for n in names]
+        if args.not_killed_only:
+            last = mutant_results()
+            names = [n for n in names if verdict(last.get(n)) not in ("killed", "timeout")]
+        status = run_mutants(names, args.max_children) if names else 0
     results = mutant_results()
     print(report(drawn, results))
     left = survivors(drawn, results)
