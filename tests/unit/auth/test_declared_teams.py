@@ -95,3 +95,10 @@ def test_a_team_created_meanwhile_is_compared_not_an_error(
 def test_bad_declarations_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_declared_teams(write(tmp_path, text))
+
+
+def test_every_new_team_is_created(admin: KeyAdmin) -> None:
+    declared = [Team(name="a"), Team(name="b", priority_class="batch"), Team(name="c")]
+    assert apply_declared_teams(admin, declared) == {"a": "created", "b": "created", "c": "created"}
+    assert [t.name for t in admin.list_teams()] == ["a", "b", "c"]
+    assert admin.get_team("b").priority_class == "batch"
