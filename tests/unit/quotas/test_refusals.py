@@ -1,0 +1,51 @@
+"""What a refused caller is told: which scope refused (the team's or the key's limit)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmplat.auth.base import Principal
+from llmplat.config.teams import Limits
+from llmplat.errors import RateLimited
+from llmplat.quotas.memory import MemoryQuotaStore
+from llmplat.quotas.service import QuotaService
+
+from .conftest import T0
+
+
+def service() -> QuotaService:
+    return QuotaService(MemoryQuotaStore(), clock=lambda: T0)
+
+
+async def test_a_team_limit_names_the_team() -> None:
+    quotas = service()
+    ide = Principal("ide", "k1", team_limits=Limits(requests_per_minute=1))
+    await quotas.admit(ide, 10)
+    with pytest.raises(RateLimited) as info:
+        await quotas.admit(ide, 10)
+    assert info.value.message.startswith(
+        "Rate limit reached for team 'ide' on requests per minute: limit 1, used 1, "
+        "requested 1. Retry after "
+    ), info.value.message
+
+
+async def test_a_key_limit_names_the_key() -> None:
+    quotas = service()
+    ide = Principal("ide", "k1", key_limits=Limits(requests_per_minute=1))
+    await quotas.admit(ide, 10)
+    with pytest.raises(RateLimited) as info:
+        await quotas.admit(ide, 10)
+    assert info.value.message.startswith(
+        "Rate limit reached for key 'k1' on requests per minute: "
+    ), info.value.message
+
+
+async def test_a_request_over_a_team_limit_never_fits() -> None:
+    ide = Principal("ide", "k1", team_limits=Limits(tokens_per_minute=100))
+    with pytest.raises(RateLimited) as info:
+        await service().admit(ide, 101)
+    assert info.value.code == "request_too_large"
+    assert info.value.message == (
+        "Request too large for team 'ide': it needs up to 101 tokens (prompt + max_tokens) "
+        "but the limit is 100 tokens per minute. Lower max_tokens or shorten the prompt."
+    )
