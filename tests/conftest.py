@@ -3,9 +3,9 @@
 - ``LLMPLAT_HOME`` points at a fresh directory for the whole run (set before collection,
   removed at the end), so nothing a test does reaches the user's ``~/.local/share/llmplat``:
   not the key store, the audit log, Ray's temp dir, nor the tiny model, which the
-  integration platforms build once per run into ``$LLMPLAT_HOME/models`` (about as long
-  as an engine start's first seconds; see ``support.platform.platform_home``). A test that
-  needs a home of its own sets it (``monkeypatch.setenv``, or ``Settings(home=...)``).
+  integration platforms build once per run into ``$LLMPLAT_HOME/models`` (offline, a small
+  part of one platform start; see ``support.platform.platform_home``). A test that needs a
+  home of its own sets it (``monkeypatch.setenv``, or ``Settings(home=...)``).
 - Hypothesis profiles: ``dev`` (the default: random examples, the example database) and
   ``ci`` (derandomized: the same examples on every run, no deadline: a shared 2-core CI
   machine's timing is not a property of the code; pytest-timeout bounds a hang). The
