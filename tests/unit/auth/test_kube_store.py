@@ -632,3 +632,38 @@ def test_watch_events_return_their_resource_version(store: KubernetesKeyStore) -
     gone = {"type": "DELETED", "raw_object": {"metadata": {"name": "x", "resourceVersion": "42"}}}
     assert store._apply(gone, {}, emitted.append) == "42"
     assert emitted == []
+
+
+def test_a_relist_that_changes_nothing_reports_nothing(
+    kube: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_change hears of changes only: a re-list (410 Gone) finding the same Secrets is
+    silent, so the gateway does not rebuild its view for nothing."""
+    caplog.set_level(logging.INFO, logger="llmplat.auth.kube_store")
+    store = KubernetesKeyStore(NS, kube.core_v1())
+    store.put_team(Team(name="ide"), create=True)
+    with Watcher(store) as w:
+        w.wait_for(lambda r: "ide" in r.teams)
+        kube.expire()
+        deadline = time.monotonic() + 10
+        while "key store watch expired (410 Gone); re-listing" not in caplog.messages:
+            assert time.monotonic() < deadline, "no re-list"
+            time.sleep(0.05)
+        store.put_team(Team(name="ci"), create=True)
+        w.wait_for(lambda r: "ci" in r.teams)
+    assert w.error is None
+    assert [sorted(s.teams) for s in w.snapshots] == [["ide"], ["ci", "ide"]]
+
+
+def test_a_quiet_stream_that_times_out_still_confirms_the_view() -> None:
+    """A server that ignores timeoutSeconds: the client's read timeout ends a quiet stream,
+    and the view counts as confirmed then too (the server answered)."""
+    with running_kube_emulator(honor_watch_timeout=False) as kube:
+        store = KubernetesKeyStore(NS, kube.core_v1())
+        store.put_team(Team(name="ide"), create=True)
+        with Watcher(store) as w:
+            w.wait_for(lambda r: "ide" in r.teams)
+            time.sleep(2.5)  # past one client-side read timeout, no event meanwhile
+            assert store.confirmed_at is not None
+            assert time.monotonic() - store.confirmed_at < 2.5
+        assert w.error is None

@@ -8,7 +8,7 @@ from llmplat.auth.base import Principal
 from llmplat.config.teams import Limits
 from llmplat.errors import RateLimited
 from llmplat.quotas.memory import MemoryQuotaStore
-from llmplat.quotas.service import QuotaService
+from llmplat.quotas.service import QuotaService, format_reset
 
 from .conftest import T0
 
@@ -49,3 +49,19 @@ async def test_a_request_over_a_team_limit_never_fits() -> None:
         "Request too large for team 'ide': it needs up to 101 tokens (prompt + max_tokens) "
         "but the limit is 100 tokens per minute. Lower max_tokens or shorten the prompt."
     )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0001, "1ms"),
+        (0.02, "20ms"),
+        (0.5, "500ms"),
+        (1.5, "1.5s"),
+        (59.25, "59.25s"),
+        (360, "6m0s"),
+        (3661, "1h1m1s"),
+    ],
+)
+def test_reset_times_in_openai_format(seconds: float, text: str) -> None:
+    assert format_reset(seconds) == text
