@@ -7,7 +7,7 @@ per package estimates each package's score, reported with a 95 % Wilson interval
         [--packages quotas auth gateway] [--max-children 1]
     python platform/mutation_sample.py draw ...      print the names a `run` would draw
     python platform/mutation_sample.py report ...    the table for the last run of that draw
-    python platform/mutation_sample.py run --not-killed-only ...   after adding tests
+    python platform/mutation_sample.py run --survivors-only ...   after adding tests
 
 `run` generates mutmut's mutants (platform/mutants/), draws N mutant names per package from
 the *sorted* list of that package's mutants with `random.Random(seed)` (so a checkout of the
@@ -242,10 +242,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--packages", nargs="+", default=list(PACKAGES), choices=PACKAGES)
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument(
-        "--not-killed-only",
+        "--survivors-only",
         action="store_true",
-        help="run only the drawn mutants the last run did not kill (after adding tests: a "
-        "killed mutant stays killed, so the report still covers the whole draw)",
+        help="run only the drawn mutants the last run ran and did not kill (survived, no "
+        "tests): after adding tests, since a killed mutant stays killed; mutants never run "
+        "stay so",
     )
     return parser
 
@@ -264,9 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     if args.command == "run":
         names = [n for names in drawn.values() for n in names]
-        if args.not_killed_only:
+        if args.survivors_only:
             last = mutant_results()
-            names = [n for n in names if verdict(last.get(n)) not in ("killed", "timeout")]
+            names = [n for n in names if verdict(last.get(n)) in ("survived", "no tests")]
         status = run_mutants(names, args.max_children) if names else 0
     results = mutant_results()
     print(report(drawn, results))
