@@ -23,8 +23,9 @@ How each mutmut verdict counts (mutmut 3.8.1, `mutmut.stats.status_by_exit_code`
 - survived: the covering tests passed. Not killed.
 - no tests: no unit test reaches the mutated function (mutmut never runs it, exit 33), or
   pytest collected nothing (exit 5). Not killed: an untested mutant is a surviving one.
-- other (suspicious, segfault, not checked, ...): not killed, reported so that a broken run
-  is visible instead of silently shrinking the sample.
+- not run (no verdict: the run was stopped before it) and other (suspicious, segfault,
+  ...): not killed, reported so that a broken or cut run is visible instead of silently
+  shrinking the sample.
 The score is (killed + timeout) / drawn: every drawn mutant is in the denominator. Equivalent
 mutants (no test can kill them) stay survivors here; list them by hand in the report.
 
@@ -70,6 +71,8 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
 
 def verdict(exit_code: int | None) -> str:
     """The column a mutmut exit code is counted in."""
+    if exit_code is None:
+        return "not run"
     if exit_code in KILLED_CODES:
         return "killed"
     if exit_code in SURVIVED_CODES:
@@ -203,7 +206,7 @@ def mutmut_run(argv: Sequence[str]) -> int:
 
 def report(drawn: dict[str, list[str]], results: dict[str, int | None]) -> str:
     """The per-package table of the drawn mutants' verdicts."""
-    columns = ("killed", "survived", "no tests", "timeout", "other")
+    columns = ("killed", "survived", "no tests", "timeout", "not run", "other")
     header = (
         f"{'package':<16}{'drawn':>6}"
         + "".join(f"{c:>10}" for c in columns)
@@ -220,7 +223,10 @@ def report(drawn: dict[str, list[str]], results: dict[str, int | None]) -> str:
             + "".join(f"{counts[c]:>10}" for c in columns)
             + f"{score:>8.1%}  [{low:.1%}, {high:.1%}]"
         )
-    lines.append("score = (killed + timeout) / drawn; survived, no tests and other count against")
+    lines.append(
+        "score = (killed + timeout) / drawn; survived, no tests, not run (a run stopped "
+        "early) and other count against"
+    )
     return "\n".join(lines)
 
 
