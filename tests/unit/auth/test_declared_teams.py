@@ -102,3 +102,9 @@ def test_every_new_team_is_created(admin: KeyAdmin) -> None:
     assert apply_declared_teams(admin, declared) == {"a": "created", "b": "created", "c": "created"}
     assert [t.name for t in admin.list_teams()] == ["a", "b", "c"]
     assert admin.get_team("b").priority_class == "batch"
+
+
+def test_a_key_created_without_a_name_has_none(admin: KeyAdmin) -> None:
+    admin.create_team({"name": "ci"})
+    issued = admin.create_key("ci")
+    assert issued.record.name == ""

@@ -1,4 +1,4 @@
-"""What a refused caller is told: which scope refused (the team's or the key's limit)."""
+"""QuotaService: what a refused caller is told (which scope refused), settlement, usage."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import pytest
 
 from llmplat.auth.base import Principal
 from llmplat.config.teams import Limits
-from llmplat.errors import RateLimited
+from llmplat.errors import RateLimited, ServiceUnavailable
 from llmplat.quotas.memory import MemoryQuotaStore
+from llmplat.quotas.model import QuotaStore
+from llmplat.quotas.redis_store import RedisQuotaStore
 from llmplat.quotas.service import QuotaService, format_reset
+from support.redis_server import RedisServer, free_port
 
-from .conftest import T0
+from .conftest import T0, unique_prefix
 
 
 def service() -> QuotaService:
@@ -65,3 +68,35 @@ async def test_a_request_over_a_team_limit_never_fits() -> None:
 )
 def test_reset_times_in_openai_format(seconds: float, text: str) -> None:
     assert format_reset(seconds) == text
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_settling_bills_the_actual_tokens_once(kind: str, redis: RedisServer) -> None:
+    store: QuotaStore = (
+        MemoryQuotaStore()
+        if kind == "memory"
+        else await RedisQuotaStore.connect(redis.url, key_prefix=unique_prefix())
+    )
+    quotas = QuotaService(store, clock=lambda: T0)
+    ide = Principal("ide", "k1", team_limits=Limits(tokens_per_day=1000))
+    try:
+        admitted = await quotas.admit(ide, 100)
+        await quotas.settle(admitted, 10)
+        await quotas.settle(admitted, 10)  # idempotent: a second settle changes nothing
+        [team] = await quotas.usage(ide)
+    finally:
+        await store.close()
+    assert (team.tokens_today, team.tokens_this_minute, team.in_flight) == (10, 10, 0)
+
+
+async def test_usage_with_the_store_unreachable_is_503() -> None:
+    store = RedisQuotaStore(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(ServiceUnavailable) as info:
+            await QuotaService(store, clock=lambda: T0).usage(Principal("ide", "k1"))
+    finally:
+        await store.close()
+    assert (info.value.message, info.value.code) == (
+        "The quota store is unreachable; usage cannot be read now.",
+        "quota_store_unavailable",
+    )
