@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from llmplat.auth.base import Principal
@@ -100,3 +102,20 @@ async def test_usage_with_the_store_unreachable_is_503() -> None:
         "The quota store is unreachable; usage cannot be read now.",
         "quota_store_unavailable",
     )
+
+
+class _SettleFails(MemoryQuotaStore):
+    async def settle(self, reservation: object, actual_tokens: int, now: float) -> None:
+        raise ConnectionError("redis went away")
+
+
+async def test_a_failed_settlement_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    failed: list[str] = []
+    quotas = QuotaService(_SettleFails(), clock=lambda: T0, on_store_error=failed.append)
+    admitted = await quotas.admit(Principal("ide", "k1"), 10)
+    with caplog.at_level(logging.ERROR, logger="llmplat.quotas.service"):
+        await quotas.settle(admitted, 5)
+    assert failed == ["settle"]
+    assert caplog.messages == [
+        "quota settlement failed (lease expiry will free the slot): redis went away"
+    ]
