@@ -119,3 +119,31 @@ async def test_a_failed_settlement_is_reported_not_raised(caplog: pytest.LogCapt
     assert caplog.messages == [
         "quota settlement failed (lease expiry will free the slot): redis went away"
     ]
+
+
+class _Down(MemoryQuotaStore):
+    async def reserve(self, *args: object, **kwargs: object) -> object:
+        from llmplat.quotas.model import QuotaStoreUnavailable
+
+        raise QuotaStoreUnavailable("quota store Redis at redis://r:6379/0 unavailable")
+
+
+async def test_store_down_fails_closed_with_a_503_by_default() -> None:
+    with pytest.raises(ServiceUnavailable) as info:
+        await QuotaService(_Down(), clock=lambda: T0).admit(Principal("ide", "k1"), 10)
+    assert (info.value.message, info.value.code, info.value.headers) == (
+        "The quota store is unreachable, so no request can be admitted; retry shortly.",
+        "quota_store_unavailable",
+        {"Retry-After": "1"},
+    )
+
+
+async def test_store_down_fails_open_when_configured(caplog: pytest.LogCaptureFixture) -> None:
+    quotas = QuotaService(_Down(), clock=lambda: T0, fail_open=True)
+    with caplog.at_level(logging.WARNING, logger="llmplat.quotas.service"):
+        admitted = await quotas.admit(Principal("ide", "k1"), 10)
+    assert (admitted.admission, admitted.headers) == (None, {})
+    assert caplog.messages == [
+        "quota store unreachable, admitting without quota: "
+        "quota store Redis at redis://r:6379/0 unavailable"
+    ]
