@@ -120,13 +120,17 @@ clean:
 # MUTATION_PER_PACKAGE names per package from the sorted list with MUTATION_SEED, runs exactly
 # those and prints per package drawn / killed / survived / no tests / timeout, the score and
 # its 95 % Wilson interval. All ~4,600 mutants would take many hours on 2 cores; not part of
-# `make test`. See a survivor with `cd platform && ../.venv/bin/mutmut show NAME`.
+# `make test`. See a survivor with `cd platform && ../.venv/bin/mutmut show NAME`; after adding
+# tests, `make mutation MUTATION_ARGS=--survivors-only` reruns only the drawn mutants that
+# ran and survived.
 MUTMUT_VERSION := 3.8.1
 MUTATION_PER_PACKAGE ?= 200
 MUTATION_SEED ?= 17
 MUTATION_PACKAGES ?= quotas auth gateway
 MUTATION_CHILDREN ?= $(shell nproc)
+MUTATION_ARGS ?=
 mutation: $(STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python mutmut==$(MUTMUT_VERSION)
 	$(BIN)/python platform/mutation_sample.py run --per-package $(MUTATION_PER_PACKAGE) \
-		--seed $(MUTATION_SEED) --packages $(MUTATION_PACKAGES) --max-children $(MUTATION_CHILDREN)
+		--seed $(MUTATION_SEED) --packages $(MUTATION_PACKAGES) --max-children $(MUTATION_CHILDREN) \
+		$(MUTATION_ARGS)
