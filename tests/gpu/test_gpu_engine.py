@@ -9,7 +9,7 @@ from llmplat.config.loader import load_profile
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.settings import Settings
 
-pytestmark = pytest.mark.gpu(count=1)
+pytestmark = [pytest.mark.gpu(count=1), pytest.mark.timeout(900)]
 
 
 def test_tiny_model_generates_on_one_gpu(tmp_path) -> None:

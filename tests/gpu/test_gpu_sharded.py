@@ -10,7 +10,7 @@ from llmplat.config.loader import load_profile
 from llmplat.engine.llm_config import build_llm_config, resolve_model_source
 from llmplat.settings import Settings
 
-pytestmark = pytest.mark.gpu(count=2)
+pytestmark = [pytest.mark.gpu(count=2), pytest.mark.timeout(1200)]
 
 PROMPTS = ["hello world", "def add(a, b):\n    return", "The capital of France is", "1, 2, 3,"]
 TOLERANCE = 0.05

@@ -1,8 +1,15 @@
 """One real platform per test session: `llmplat serve` (Ray Serve + vLLM-CPU + tiny model).
 
 The platform runs with its own LLMPLAT_HOME (so its Ray processes are identifiable and the
-teardown can prove none are left behind) whose models/ links to the shared model cache,
-so the tiny model is built once per machine.
+teardown can prove none are left behind) whose models/ links to the run's model cache
+(``$LLMPLAT_HOME/models`` of the test run, a temporary directory: tests/conftest.py), so
+the tiny model is built once per test run, never into the user's home.
+
+Timeouts (pytest-timeout): each module marks its tests ``timeout(N, func_only=True)``: N
+bounds the test's own body; the platform fixtures (session or module scope) are left out,
+since whichever test happens to run first would otherwise carry a platform start, and they
+bound themselves (``support.platform.launch``: START_TIMEOUT_S with the serve log on
+failure; ``stop``: STOP_TIMEOUT_S).
 """
 
 from __future__ import annotations

@@ -59,7 +59,11 @@ RPM = 12  # the limited team's requests per minute
 DRAIN_TOKENS = 400  # a stream that runs ~10 s past Ctrl-C on 2 cores
 
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # slow: make test-slow, after make test
+pytestmark = [  # slow: make test-slow, after make test
+    pytest.mark.integration,
+    pytest.mark.timeout(1200, func_only=True),
+    pytest.mark.slow,
+]
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from support.readme import DOCS, REPO, VENV_BIN, code_blocks, shell_lines
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600, func_only=True)]
 
 
 def _readme_command(readme: Path, scenario: str, live) -> str:

@@ -20,6 +20,7 @@ from support.platform import free_port
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.timeout(600, func_only=True),
     pytest.mark.asyncio(loop_scope="function"),
     pytest.mark.filterwarnings(
         "ignore:.*marked with '@pytest.mark.asyncio' but it is not an async"

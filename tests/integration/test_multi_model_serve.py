@@ -32,7 +32,7 @@ from llmplat.settings import GatewaySettings, QuotaSettings, Settings
 from support import V3_TOKENIZER
 from support.redis_server import redis_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600, func_only=True)]
 KEY = "llmp_dev_multi-model-test-key"
 RPM = 20
 REPLICAS = 4

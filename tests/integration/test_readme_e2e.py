@@ -19,7 +19,7 @@ import yaml
 from support import MODEL
 from support.readme import DOCS, README, VENV_BIN, block_with, shell_lines
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900, func_only=True)]
 
 # Where each command lives: the first request is on both the README and Getting started.
 FIRST_REQUEST_PAGES = [README, DOCS / "getting-started.md"]

@@ -20,7 +20,11 @@ from support import MODEL
 from support.waiting import eventually
 
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="function")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(600, func_only=True),
+    pytest.mark.asyncio(loop_scope="function"),
+]
 
 NO_EOS = {"ignore_eos": True}
 BURST = 256

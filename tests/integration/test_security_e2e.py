@@ -13,7 +13,7 @@ import pytest
 from llmplat.settings import Settings
 from support import MODEL
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600, func_only=True)]
 
 
 @pytest.mark.asyncio(loop_scope="function")  # a fresh loop: no client state shared by tests

@@ -55,7 +55,11 @@ all-reduce of two float32 partial sums rounds differently from one full sum (the
 profiles run float32: the random weights' near-flat logits have top-two gaps below
 bfloat16's rounding)."""
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(1200, func_only=True),
+    pytest.mark.slow,
+]
 
 
 @dataclass

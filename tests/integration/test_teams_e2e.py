@@ -22,7 +22,11 @@ from llmplat.settings import Settings
 from support import MODEL
 
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="function")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(600, func_only=True),
+    pytest.mark.asyncio(loop_scope="function"),
+]
 
 NO_EOS = {"ignore_eos": True}
 ENGINE_SLOTS = load_profile("tiny-mixtral-cpu", Settings().config_dir).engine.max_num_seqs

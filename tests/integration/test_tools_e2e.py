@@ -20,6 +20,7 @@ from support import MODEL
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.timeout(600, func_only=True),
     pytest.mark.asyncio(loop_scope="function"),
 ]
 

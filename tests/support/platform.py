@@ -44,7 +44,8 @@ def ray_processes(home: Path) -> list[str]:
 
 def platform_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """A fresh LLMPLAT_HOME (so the platform's Ray processes are identifiable) whose models/
-    links to the shared model cache (the tiny model is built once per machine)."""
+    links to the test run's model cache (``Settings().models_dir`` under the run's temporary
+    LLMPLAT_HOME, tests/conftest.py): the tiny model is built once per run."""
     shared_models = Settings().models_dir
     shared_models.mkdir(parents=True, exist_ok=True)
     home = tmp_path_factory.mktemp(name)

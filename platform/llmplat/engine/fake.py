@@ -93,9 +93,12 @@ class FakeEngine(LLMEngine):
         self.cancelled = 0
         """Generation calls stopped by their caller (cancellation or close) before the end."""
         self.request_ids: list[str] = []
+        """The engine request id of every generation call, in order."""
         self.prompts: collections.deque[list[str | list[int]]] = collections.deque(maxlen=64)
         """The last calls' prompts as the engine received them (text or token ids)."""
-        """The engine request id of every generation call, in order."""
+        self.requests: collections.deque[Any] = collections.deque(maxlen=64)
+        """The last calls' request objects as the engine received them (what the gateway
+        set on them: ``cache_salt``, ``priority``, ``request_id``, sampling fields)."""
         self._gone_once: set[str] = set()
         self.health_checks = 0
 
@@ -171,6 +174,7 @@ class FakeEngine(LLMEngine):
         self.open_calls += 1
         self.request_ids.append(str(getattr(request, "request_id", "")))
         self.prompts.append(prompts)
+        self.requests.append(request)
         try:
             async for item in self._produce(request, prompts, chat=chat):
                 yield item

@@ -108,3 +108,16 @@ def test_declared_input_bounds_replace_the_stored_ones(tmp_path: Path, admin: Ke
     assert bounds.stop_count is None and bounds.schema_bytes is None
     with pytest.raises(ConfigError, match="input_bounds"):
         load_declared_teams(write(tmp_path, "teams:\n  - {name: ci, input_bounds: {nope: 1}}\n"))
+
+
+def test_every_new_team_is_created(admin: KeyAdmin) -> None:
+    declared = [Team(name="a"), Team(name="b", priority_class="batch"), Team(name="c")]
+    assert apply_declared_teams(admin, declared) == {"a": "created", "b": "created", "c": "created"}
+    assert [t.name for t in admin.list_teams()] == ["a", "b", "c"]
+    assert admin.get_team("b").priority_class == "batch"
+
+
+def test_a_key_created_without_a_name_has_none(admin: KeyAdmin) -> None:
+    admin.create_team({"name": "ci"})
+    issued = admin.create_key("ci")
+    assert issued.record.name == ""

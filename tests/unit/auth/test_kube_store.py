@@ -577,3 +577,93 @@ def test_watch_says_when_the_api_server_is_gone(caplog: pytest.LogCaptureFixture
         m.startswith(f"key store not reloaded: listing llmplat Secrets {unreachable}")
         for m in messages
     ), messages
+
+
+def test_delete_team_names_the_key_secret_it_could_not_delete(
+    kube: EmulatorHandle, store: KubernetesKeyStore
+) -> None:
+    store.put_team(Team(name="ide"), create=True)
+    key = key_for("ide")
+    store.put_key(key, create=True)
+    secret = f"llmplat-key-{key.key_id}"
+    kube.fail(f"delete /api/v1/namespaces/{NS}/secrets/{secret}", 403, "no delete")
+    with pytest.raises(StoreError) as err:
+        store.delete_team("ide")
+    assert str(err.value).startswith(
+        f"deleting key Secret '{secret}' in namespace '{NS}': access denied (HTTP 403: no delete)."
+    )
+    assert "ide" in store.load().teams  # keys first: the team (and the way to retry) remains
+
+
+def test_delete_team_skips_a_key_secret_already_gone(
+    kube: EmulatorHandle, store: KubernetesKeyStore
+) -> None:
+    """A key deleted meanwhile (404 on delete) is not an error; the team still goes."""
+    store.put_team(Team(name="ide"), create=True)
+    key = key_for("ide")
+    store.put_key(key, create=True)
+    kube.fail(f"delete /api/v1/namespaces/{NS}/secrets/llmplat-key-{key.key_id}", 404, "gone")
+    store.delete_team("ide")
+    assert "ide" not in store.load().teams
+
+
+def test_delete_team_whose_secret_vanished_meanwhile_is_not_found(
+    kube: EmulatorHandle, store: KubernetesKeyStore
+) -> None:
+    store.put_team(Team(name="ide"), create=True)
+    kube.fail(f"delete /api/v1/namespaces/{NS}/secrets/llmplat-team-ide", 404, "gone")
+    with pytest.raises(NotFoundError) as err:
+        store.delete_team("ide")
+    assert str(err.value) == f"no team 'ide' (in namespace '{NS}')"
+
+
+def test_api_error_without_reason_or_body(store: KubernetesKeyStore) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    error = store._api_error(ApiException(status=500), "listing llmplat Secrets")
+    assert str(error) == f"listing llmplat Secrets in namespace '{NS}' failed (HTTP 500: )"
+
+
+def test_watch_events_return_their_resource_version(store: KubernetesKeyStore) -> None:
+    """The watch resumes from the last event's resourceVersion, bookmarks included."""
+    emitted: list[dict] = []
+    bookmark = {"type": "BOOKMARK", "raw_object": {"metadata": {"resourceVersion": "41"}}}
+    assert store._apply(bookmark, {}, emitted.append) == "41"
+    gone = {"type": "DELETED", "raw_object": {"metadata": {"name": "x", "resourceVersion": "42"}}}
+    assert store._apply(gone, {}, emitted.append) == "42"
+    assert emitted == []
+
+
+def test_a_relist_that_changes_nothing_reports_nothing(
+    kube: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_change hears of changes only: a re-list (410 Gone) finding the same Secrets is
+    silent, so the gateway does not rebuild its view for nothing."""
+    caplog.set_level(logging.INFO, logger="llmplat.auth.kube_store")
+    store = KubernetesKeyStore(NS, kube.core_v1())
+    store.put_team(Team(name="ide"), create=True)
+    with Watcher(store) as w:
+        w.wait_for(lambda r: "ide" in r.teams)
+        kube.expire()
+        deadline = time.monotonic() + 10
+        while "key store watch expired (410 Gone); re-listing" not in caplog.messages:
+            assert time.monotonic() < deadline, "no re-list"
+            time.sleep(0.05)
+        store.put_team(Team(name="ci"), create=True)
+        w.wait_for(lambda r: "ci" in r.teams)
+    assert w.error is None
+    assert [sorted(s.teams) for s in w.snapshots] == [["ide"], ["ci", "ide"]]
+
+
+def test_a_quiet_stream_that_times_out_still_confirms_the_view() -> None:
+    """A server that ignores timeoutSeconds: the client's read timeout ends a quiet stream,
+    and the view counts as confirmed then too (the server answered)."""
+    with running_kube_emulator(honor_watch_timeout=False) as kube:
+        store = KubernetesKeyStore(NS, kube.core_v1())
+        store.put_team(Team(name="ide"), create=True)
+        with Watcher(store) as w:
+            w.wait_for(lambda r: "ide" in r.teams)
+            time.sleep(2.5)  # past one client-side read timeout, no event meanwhile
+            assert store.confirmed_at is not None
+            assert time.monotonic() - store.confirmed_at < 2.5
+        assert w.error is None

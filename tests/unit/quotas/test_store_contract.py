@@ -463,7 +463,7 @@ async def test_unreachable_redis_raises_quickly_without_the_password() -> None:
             message = str(info.value)
             assert "s3cret" not in message and "s3cret" not in repr(info.value)
             assert f"127.0.0.1:{port}" in message, message
-            assert what in message
+            assert f" unavailable ({what}): " in message, message
     finally:
         await store.close()
     with pytest.raises(QuotaStoreUnavailable) as info:
@@ -544,10 +544,38 @@ async def test_wrong_password_is_unavailable_and_not_echoed() -> None:
             "redis://redis:6379/0?ssl_ca_certs=/etc/ca.pem",
             "redis://redis:6379/0?ssl_ca_certs=/etc/ca.pem",
         ),
+        (":s3cret@redis:6379/0", "redis:6379/0"),  # no scheme: no netloc either
+        ("redis:6379/0", "redis:6379/0"),
     ],
 )
 def test_redact_url(url: str, safe: str) -> None:
     assert redact_url(url) == safe
+
+
+def test_an_invalid_url_says_why_without_the_password() -> None:
+    with pytest.raises(ValueError) as info:
+        RedisQuotaStore("redis://:s3cret@redis:notaport/0")
+    message = str(info.value)
+    assert message.startswith(
+        "invalid Redis URL for the quota store: redis://redis:notaport/0 (ValueError: "
+    ), message
+    assert "notaport" in message.partition("(")[2] and "s3cret" not in message
+
+
+def test_default_socket_timeouts() -> None:
+    """A Redis that does not answer costs a request at most half a second by default."""
+    store = RedisQuotaStore("redis://127.0.0.1:1/0")
+    options = store._redis.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "score"), [(b"1.25", 1.25), (b"", None), (7, 7.0), ("2.5", 2.5), ("", None)]
+)
+def test_scores_as_scripts_return_them(value: object, score: float | None) -> None:
+    from llmplat.quotas.redis_store import _score
+
+    assert _score(value) == score
 
 
 async def test_concurrent_reservations_on_one_store_are_exact(redis: RedisServer) -> None:
