@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from support import MODEL
+from support.audit import audit_lines
 from support.waiting import eventually
 
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
@@ -87,8 +88,8 @@ async def test_streams_dropped_before_first_token_free_their_slots_at_once(live)
     print(f"\ndropped streams: slots free {max(freed_s):.2f} s (max) after each drop")
 
     def dropped() -> int:  # audit lines are written by a background thread
-        lines = (live.home / "audit.log").read_text().splitlines()
-        return sum(1 for x in map(json.loads, lines) if x["team"] == "pair" and x["status"] == 499)
+        lines = audit_lines(live.home / "audit.log", "request")
+        return sum(1 for x in lines if x["team"] == "pair" and x["status"] == 499)
 
     await eventually(lambda: dropped() >= 8, timeout_s=5, what="8 drops audited as 499")
     assert dropped() == 8
@@ -181,7 +182,7 @@ async def test_bursts_of_mixed_requests_are_all_answered(live) -> None:
                     line["request_id"]: {
                         k: line[k] for k in ("status", "completion_tokens", "bytes", "ttft_ms")
                     }
-                    for line in map(json.loads, (live.home / "audit.log").read_text().splitlines())
+                    for line in audit_lines(live.home / "audit.log", "request")
                 }
                 detail = [(rid, why, audited.get(rid)) for rid, why in failed[:10]]
                 raise AssertionError(f"{len(failed)} of {BURST} unanswered: {detail}")

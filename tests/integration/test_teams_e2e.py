@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ import pytest_asyncio
 from llmplat.config.loader import load_profile
 from llmplat.settings import Settings
 from support import MODEL
+from support.audit import audit_lines
 
 # A fresh event loop per test: no client state (sockets, selector keys) is shared by tests.
 pytestmark = [
@@ -164,7 +164,7 @@ async def test_audit_log_has_a_line_per_request_without_text(live, team_client) 
     await team_client("ide").completions.create(model=MODEL, prompt=marker, max_tokens=2)
     path = live.home / "audit.log"
     for _ in range(50):
-        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        lines = audit_lines(path, "request")
         if any(x["team"] == "ide" and x["status"] == 200 for x in lines):
             break
         await asyncio.sleep(0.1)
@@ -291,7 +291,7 @@ async def _engine_queue(live, *, at_least: int, timeout_s: float) -> int:
 
 async def _diagnose(live, request_ids: list[str] | None = None) -> str:
     """What the gateway audited and what the engine still holds, for a failure message."""
-    lines = [json.loads(x) for x in (live.home / "audit.log").read_text().splitlines()]
+    lines = audit_lines(live.home / "audit.log", "request")
     ci = [x for x in lines if x["team"] == "ci"]
     statuses = {s: sum(1 for x in ci if x["status"] == s) for s in {x["status"] for x in ci}}
     by_id = {x["request_id"]: x for x in lines}
