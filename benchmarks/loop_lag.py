@@ -89,7 +89,7 @@ async def main() -> None:
     config = GatewayConfig(
         models=(GatewayModel(MODEL, 4096, str(model_dir)),),
         dev_api_key=SecretStr(DEV_KEY),
-        max_request_bytes=2 * BIG_BYTES,
+        gateway=settings.gateway.model_copy(update={"max_request_bytes": 2 * BIG_BYTES}),
         keystore_path=str(tmp / "teams.yaml"),
         audit_sink=None,  # no audit log (GatewayConfig takes None, not the setting's "none")
     )
