@@ -342,3 +342,22 @@ def test_rendered_placement_is_the_plan_the_engine_and_local_cluster_use(
         assert groups(rs)["model"]["minReplicas"] == low == plan.nodes * (
             profile.serving.autoscaling.min_replicas
         )
+
+
+def test_a_declared_teams_input_bounds_reach_the_key_store_format() -> None:
+    import json
+
+    from llmplat.auth.declared import DeclaredTeams
+    from llmplat.settings import InputBounds
+
+    team = {"name": "agents", "inputBounds": {"schema_properties": 4096, "stop_count": 8}}
+    docs = chart.render(overrides={"teams": [team]})
+    teams_yaml = chart.find(docs, "ConfigMap", "llmplat-teams")["data"]["teams.yaml"]
+    (declared,) = DeclaredTeams.model_validate(yaml.safe_load(teams_yaml)).teams
+    assert declared.input_bounds.schema_properties == 4096
+    assert declared.input_bounds.stop_count == 8
+    assert declared.input_bounds.schema_bytes is None  # unset: the gateway's own bound
+    # the chart's schema names exactly the gateway's bounds
+    schema = json.loads((chart.CHART / "values.schema.json").read_text())
+    names = schema["properties"]["teams"]["items"]["properties"]["inputBounds"]["properties"]
+    assert set(names) == set(InputBounds.model_fields)
