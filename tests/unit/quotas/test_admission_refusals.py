@@ -1,4 +1,5 @@
-"""QuotaService: what a refused caller is told (which scope refused), settlement, usage."""
+"""gateway.admission.QuotaService over the quota stores: what a refused caller is told (which
+scope refused), settlement, usage."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 from llmplat.auth.base import Principal
 from llmplat.config.teams import Limits
 from llmplat.errors import RateLimited, ServiceUnavailable
+from llmplat.gateway.admission import QuotaService, format_reset
 from llmplat.quotas.memory import MemoryQuotaStore
 from llmplat.quotas.model import QuotaStore
 from llmplat.quotas.redis_store import RedisQuotaStore
-from llmplat.quotas.service import QuotaService, format_reset
 from support.redis_server import RedisServer, free_port
 
 from .conftest import T0, unique_prefix
@@ -113,7 +114,7 @@ async def test_a_failed_settlement_is_reported_not_raised(caplog: pytest.LogCapt
     failed: list[str] = []
     quotas = QuotaService(_SettleFails(), clock=lambda: T0, on_store_error=failed.append)
     admitted = await quotas.admit(Principal("ide", "k1"), 10)
-    with caplog.at_level(logging.ERROR, logger="llmplat.quotas.service"):
+    with caplog.at_level(logging.ERROR, logger="llmplat.gateway.admission"):
         await quotas.settle(admitted, 5)
     assert failed == ["settle"]
     assert caplog.messages == [
@@ -140,7 +141,7 @@ async def test_store_down_fails_closed_with_a_503_by_default() -> None:
 
 async def test_store_down_fails_open_when_configured(caplog: pytest.LogCaptureFixture) -> None:
     quotas = QuotaService(_Down(), clock=lambda: T0, fail_open=True)
-    with caplog.at_level(logging.WARNING, logger="llmplat.quotas.service"):
+    with caplog.at_level(logging.WARNING, logger="llmplat.gateway.admission"):
         admitted = await quotas.admit(Principal("ide", "k1"), 10)
     assert (admitted.admission, admitted.headers) == (None, {})
     assert caplog.messages == [
