@@ -213,8 +213,9 @@ async def test_n_must_be_a_positive_integer(
 # -- the cap on chat messages -----------------------------------------------------------
 
 
-async def test_chat_with_more_messages_than_the_cap_is_refused(replica, engine) -> None:
-    async with replica(max_messages=3) as (_, http):
+async def test_chat_with_more_messages_than_the_cap_is_refused(replica, engine, settings) -> None:
+    capped = settings.gateway.model_copy(update={"max_messages": 3})
+    async with replica(gateway=capped) as (_, http):
         messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
         at_cap = [*messages, {"role": "user", "content": "c"}]
         ok = await http.post(CHAT, json=_chat(messages=at_cap), headers=auth())
