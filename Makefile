@@ -143,6 +143,8 @@ MUTATION_CHILDREN ?= $(shell nproc)
 MUTATION_ARGS ?=
 mutation: $(STAMP)
 	$(BIN)/uv pip install -q --python $(BIN)/python mutmut==$(MUTMUT_VERSION)
-	$(BIN)/python platform/mutation_sample.py run --per-package $(MUTATION_PER_PACKAGE) \
+	PYTHONPATH=$(CURDIR)/platform LLMPLAT_CONFIG_DIR=$(CURDIR)/configs \
+		LLMPLAT_LOADTEST__DIR=$(CURDIR)/loadtests \
+		$(BIN)/python platform/mutation_sample.py run --per-package $(MUTATION_PER_PACKAGE) \
 		--seed $(MUTATION_SEED) --packages $(MUTATION_PACKAGES) --max-children $(MUTATION_CHILDREN) \
 		$(MUTATION_ARGS)

@@ -162,19 +162,12 @@ def link_tests() -> None:
 
 
 def run_mutants(names: Sequence[str], max_children: int) -> int:
-    """`mutmut run` on exactly these mutants; returns its exit status."""
-    # Tests that start `python -m llmplat` in a subprocess need the package importable there
-    # (mutmut puts platform/mutants on sys.path of its own process only): the source tree,
-    # as an editable install would give it.
-    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(
-        os.environ,
-        PYTHONPATH=path,
-        LLMPLAT_CONFIG_DIR=str(REPO / "configs"),
-        LLMPLAT_LOADTEST__DIR=str(REPO / "loadtests"),
-    )
+    """`mutmut run` on exactly these mutants; returns its exit status. The environment comes
+    from `make mutation`: PYTHONPATH names the source tree (tests that start `python -m
+    llmplat` need it; mutmut puts platform/mutants on its own sys.path only), and the
+    config and load-test folders."""
     command = [sys.executable, __file__, "mutmut-run", "--max-children", str(max_children), *names]
-    return subprocess.run(command, cwd=HERE, env=env, check=False).returncode
+    return subprocess.run(command, cwd=HERE, check=False).returncode
 
 
 class _SnapshotSet(set):  # type: ignore[type-arg]
