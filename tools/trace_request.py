@@ -11,7 +11,8 @@ same module are merged into one visit.
 
 Prints: steps (transitions from one module to another), distinct modules, re-entries
 (entering a module already left earlier) and immediate A→B→A bounces, then the modules
-re-entered most, and the re-entries per package. ``--show`` prints the whole sequence.
+re-entered most, and the re-entries per package. ``--show`` prints the whole sequence, with the
+function that opened each visit.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class ModuleTrace:
     def __init__(self, resumptions: bool = False) -> None:
         self.resumptions = resumptions
         self.visits: list[str] = []
+        self.first_calls: list[str] = []  # the function that opened each visit
+        self.callbacks: list[str] = []  # "outer -> ... -> module.function" for each call-back
         self._fresh: dict[tuple[CodeType, int], bool] = {}
 
     def _is_fresh(self, frame: FrameType) -> bool:
@@ -72,8 +75,26 @@ class ModuleTrace:
         if not self.resumptions and not self._is_fresh(frame):
             return
         name = module.removeprefix("llmplat.")
+        self._note_callback(frame, name)
         if not self.visits or self.visits[-1] != name:
             self.visits.append(name)
+            self.first_calls.append(frame.f_code.co_qualname)
+
+    def _note_callback(self, frame: FrameType, name: str) -> None:
+        """A call into a module that is already on the stack below another module's frame
+        (M -> X -> M): control handed back to a module that had handed it on."""
+        chain: list[str] = []  # llmplat modules on the stack, innermost first, merged
+        caller = frame.f_back
+        while caller is not None:
+            module = caller.f_globals.get("__name__", "")
+            if module.startswith("llmplat."):
+                short = module.removeprefix("llmplat.")
+                if not chain or chain[-1] != short:
+                    chain.append(short)
+            caller = caller.f_back
+        if name in chain[1:] or (chain and chain[0] != name and name in chain):
+            path = " -> ".join(reversed(chain[: chain.index(name, 1 if chain[0] == name else 0) + 1]))
+            self.callbacks.append(f"{path} -> {name}.{frame.f_code.co_qualname}")
 
 
 @dataclass
@@ -102,7 +123,7 @@ def summarise(visits: list[str]) -> Summary:
     )
 
 
-async def trace(max_tokens: int, resumptions: bool = False) -> list[str]:
+async def trace(max_tokens: int, resumptions: bool = False) -> ModuleTrace:
     tmp = Path(tempfile.mkdtemp(prefix="llmplat-trace-"))
     try:
         model_dir = tmp / "model"
@@ -138,7 +159,7 @@ async def trace(max_tokens: int, resumptions: bool = False) -> list[str]:
                     sys.setprofile(None)
                 if client.status != 200 or "[DONE]" not in client.text:
                     raise SystemExit(f"the request failed: {client.status} {client.text!r}")
-        return recorder.visits
+        return recorder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -153,16 +174,21 @@ def main() -> None:
     )
     parser.add_argument("--show", action="store_true", help="print the whole sequence")
     args = parser.parse_args()
-    visits = asyncio.run(trace(args.max_tokens, args.resumptions))
+    recorder = asyncio.run(trace(args.max_tokens, args.resumptions))
+    visits = recorder.visits
     s = summarise(visits)
     if args.show:
-        for i, name in enumerate(visits):
-            print(f"{i:4d}  {name}")
+        for i, (name, first) in enumerate(zip(visits, recorder.first_calls, strict=True)):
+            print(f"{i:4d}  {name:<28} {first}")
     print(f"one streaming chat request, max_tokens={args.max_tokens} (fake engine)")
     print(f"  steps (module transitions): {s.steps}")
     print(f"  distinct modules:           {s.modules}")
     print(f"  re-entries:                 {s.reentries}")
     print(f"  immediate A->B->A bounces:  {s.bounces}")
+    print(f"  call-backs (M -> X -> M on one stack): {len(recorder.callbacks)}")
+    if args.show:
+        for line in recorder.callbacks:
+            print(f"    {line}")
     print("  re-entered most: " + ", ".join(f"{m} {n}" for m, n in s.reentered.most_common(6)))
     packages: Counter[str] = Counter()
     for module, n in s.reentered.items():
