@@ -93,7 +93,8 @@ class ModuleTrace:
                     chain.append(short)
             caller = caller.f_back
         if name in chain[1:] or (chain and chain[0] != name and name in chain):
-            path = " -> ".join(reversed(chain[: chain.index(name, 1 if chain[0] == name else 0) + 1]))
+            outer = chain.index(name, 1 if chain[0] == name else 0)
+            path = " -> ".join(reversed(chain[: outer + 1]))
             self.callbacks.append(f"{path} -> {name}.{frame.f_code.co_qualname}")
 
 
