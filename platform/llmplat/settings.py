@@ -270,6 +270,13 @@ class CpuEngineSettings(BaseModel):
         description="VLLM_CPU_NUM_OF_RESERVED_CPU: cores 'auto' leaves to vLLM's scheduler "
         "process and the rest of the platform (vLLM's minimum is 1).",
     )
+    cores: int | None = Field(
+        None,
+        ge=1,
+        description="Cores of each host an engine runs on, for 'auto'; default: this "
+        "machine's. The chart sets it to the model pod's CPU limit, since the process that "
+        "builds the engines' environment runs in another pod.",
+    )
     autogroup_nice: int = Field(
         10,
         ge=0,

@@ -12,7 +12,9 @@ import yaml
 
 from llmplat.config.loader import load_profile
 from llmplat.config.profiles import DRAIN_MARGIN_S
+from llmplat.engine.llm_config import omp_threads_bind
 from llmplat.serving.serve_config import serve_config
+from llmplat.settings import CpuEngineSettings
 from support import chart
 from support.chart_cases import CASES
 
@@ -175,7 +177,10 @@ def test_cpu_engine_threads_leave_a_core_to_the_scheduler(cpus: int, bind: str) 
     """As `llmplat serve` binds them (LLMPLAT_CPU__RESERVED_CPUS=1): every core of the model
     pod but one, which vLLM's scheduler process and the replica need."""
     docs = chart.render(*CASES["dev-cpu"], overrides={"modelWorkers": {"cpu": str(cpus)}})
-    assert env_of(docs)["LLMPLAT_CPU__OMP_THREADS_BIND"] == bind
+    env = env_of(docs)
+    assert "LLMPLAT_CPU__OMP_THREADS_BIND" not in env  # computed by llmplat, not the chart
+    cpu = CpuEngineSettings.model_validate({"cores": env["LLMPLAT_CPU__CORES"]})
+    assert omp_threads_bind(cpu, cpu.cores or 0) == bind
 
 
 def test_settings_reach_the_pods(rendered) -> None:
@@ -187,7 +192,7 @@ def test_settings_reach_the_pods(rendered) -> None:
     assert env["RAY_worker_niceness"] == "0"  # from llmplat.local.runtime, as `llmplat serve` sets it
     dev = env_of(rendered["dev-cpu"])
     assert dev["LLMPLAT_QUOTAS__BACKEND"] == "memory" and dev["LLMPLAT_GATEWAY__REPLICAS"] == "1"
-    assert dev["LLMPLAT_CPU__OMP_THREADS_BIND"] == "0"  # 2 cores: one left to the scheduler
+    assert dev["LLMPLAT_CPU__CORES"] == "2"  # the model pod's, not the head pod's
     rs = chart.find(rendered["h100x8"], "RayService")
     for role, spec, c in containers(rs):
         env_vars = {e["name"]: e for e in c["env"]}

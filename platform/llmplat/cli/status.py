@@ -24,7 +24,7 @@ from llmplat.cli.output import note
 from llmplat.settings import Settings
 
 
-class StatusError(Exception):
+class EndpointUnreadable(Exception):
     """An endpoint could not be read: the message is the one line the operator sees."""
 
 
@@ -44,7 +44,7 @@ def _get(http: httpx.Client, url: str) -> httpx.Response:
     try:
         return http.get(url)
     except httpx.HTTPError as exc:
-        raise StatusError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
+        raise EndpointUnreadable(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
 
 
 def _json(http: httpx.Client, url: str) -> tuple[int, Any]:
@@ -53,25 +53,25 @@ def _json(http: httpx.Client, url: str) -> tuple[int, Any]:
     try:
         return r.status_code, r.json()
     except ValueError:
-        raise StatusError(f"{url} answered HTTP {r.status_code} without JSON") from None
+        raise EndpointUnreadable(f"{url} answered HTTP {r.status_code} without JSON") from None
 
 
 def _expect(cond: bool, url: str, what: str) -> None:
     if not cond:
-        raise StatusError(f"{url} answered unexpected JSON ({what})")
+        raise EndpointUnreadable(f"{url} answered unexpected JSON ({what})")
 
 
 def read_metrics(http: httpx.Client, url: str) -> str:
     """The Prometheus text at ``url``, checked to be llmplat's metrics."""
     r = _get(http, url)
     if r.status_code != 200:
-        raise StatusError(f"{url} answered HTTP {r.status_code}, not Prometheus metrics")
+        raise EndpointUnreadable(f"{url} answered HTTP {r.status_code}, not Prometheus metrics")
     try:
         names = [f.name for f in text_string_to_metric_families(r.text)]
     except Exception as exc:  # the parser raises ValueError, IndexError, ... on non-metrics
-        raise StatusError(f"{url} did not answer Prometheus text ({exc})") from None
+        raise EndpointUnreadable(f"{url} did not answer Prometheus text ({exc})") from None
     if not any(name.startswith("llmplat_") for name in names):
-        raise StatusError(f"{url} answered Prometheus text without llmplat metrics")
+        raise EndpointUnreadable(f"{url} answered Prometheus text without llmplat metrics")
     return r.text
 
 
@@ -123,7 +123,7 @@ def collect(
     url: str, admin_token: str | None, interval_s: float = 1.0, metrics: str | None = None
 ) -> dict[str, Any]:
     """Everything ``render`` shows; ``metrics``: the /metrics URL (default: on ``url``).
-    Raises StatusError naming the endpoint that failed."""
+    Raises EndpointUnreadable naming the endpoint that failed."""
     base = url.rstrip("/")
     metrics = metrics or f"{base}/metrics"
     headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
@@ -240,7 +240,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     try:
         data = collect(url, token, interval_s=args.interval, metrics=metrics)
         text = render(data)
-    except StatusError as exc:
+    except EndpointUnreadable as exc:
         note(str(exc), command="status")
         return 1
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

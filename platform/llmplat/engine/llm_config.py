@@ -120,7 +120,7 @@ def cpu_engine_env(profile: ModelProfile, settings: Settings) -> dict[str, str]:
     return {
         "VLLM_CPU_KVCACHE_SPACE": str(profile.accelerator.kv_cache_space_gib),
         "VLLM_CPU_OMP_THREADS_BIND": ranks_threads_bind(
-            settings.cpu, os.cpu_count() or 1, local_ranks
+            settings.cpu, settings.cpu.cores or os.cpu_count() or 1, local_ranks
         ),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": str(settings.cpu.reserved_cpus),
     }

@@ -96,6 +96,18 @@ def test_engine_env_binds_as_the_settings_say(monkeypatch: pytest.MonkeyPatch) -
     assert (env["VLLM_CPU_OMP_THREADS_BIND"], env["VLLM_CPU_NUM_OF_RESERVED_CPU"]) == ("0-1", "2")
 
 
+def test_engine_env_binds_the_declared_cores_not_this_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chart builds the engines' environment in the head pod and names the model pod's
+    cores (LLMPLAT_CPU__CORES); this machine's core count must not leak in."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    settings = Settings(cpu=CpuEngineSettings(cores=8))
+    profile = load_profile("tiny-mixtral-cpu", settings.config_dir)
+    env = build_llm_config(profile, settings, "/m").runtime_env["env_vars"]
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-6"
+
+
 def test_h100x8_is_tp8_expert_parallel_on_one_node(settings: Settings) -> None:
     cfg = build_llm_config(
         load_profile("mixtral-8x22b-h100x8", settings.config_dir), settings, "/m"
