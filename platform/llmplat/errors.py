@@ -66,6 +66,11 @@ class NotFound(APIError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(APIError):
+    status = 408
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(APIError):
     status = 413
     type = "invalid_request_error"
@@ -96,6 +101,7 @@ _TYPE_BY_STATUS: dict[int, type[APIError]] = {
     401: AuthenticationFailed,
     403: PermissionDenied,
     404: NotFound,
+    408: RequestTimeout,
     413: PayloadTooLarge,
     429: RateLimited,
     503: ServiceUnavailable,

@@ -105,9 +105,7 @@ class InputBounds(BaseModel):
         ge=1,
         description="Characters of structured_outputs.regex (and of its whitespace_pattern).",
     )
-    grammar_chars: int = Field(
-        65536, ge=1, description="Characters of structured_outputs.grammar."
-    )
+    grammar_chars: int = Field(65536, ge=1, description="Characters of structured_outputs.grammar.")
     choice_count: int = Field(1024, ge=1, description="Entries of structured_outputs.choice.")
     choice_chars: int = Field(
         32768, ge=1, description="Characters of structured_outputs.choice's entries together."
@@ -140,6 +138,19 @@ class GatewaySettings(BaseModel):
     replicas: int = Field(1, ge=1, description="Gateway replicas (no engine, no GPU each).")
     max_request_bytes: int = Field(
         1 << 20, ge=1024, description="Largest request body accepted; larger is a 413."
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a request body may take to arrive; a slower sender gets a 408 "
+        "and its connection is closed.",
+    )
+    max_buffered_body_bytes: int = Field(
+        256 << 20,
+        ge=1024,
+        description="Request body bytes one gateway replica holds at once, for requests not "
+        "yet admitted (arriving, parsed, tokenized); past it new bodies get a 503 with "
+        "Retry-After instead of growing the replica's memory.",
     )
     request_timeout_s: float = Field(
         600.0,

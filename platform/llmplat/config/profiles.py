@@ -335,8 +335,10 @@ class ModelProfile(_Strict):
             raise ValueError("enable_expert_parallel needs tensor_parallel_size >= 2")
         hw = self.hardware
         world = eng.tensor_parallel_size * eng.pipeline_parallel_size
-        if self.accelerator.kind == "cpu" and hw.nodes and (
-            world % hw.nodes or (world // hw.nodes) % eng.tensor_parallel_size
+        if (
+            self.accelerator.kind == "cpu"
+            and hw.nodes
+            and (world % hw.nodes or (world // hw.nodes) % eng.tensor_parallel_size)
         ):
             raise ValueError(
                 f"TP {eng.tensor_parallel_size} x PP {eng.pipeline_parallel_size} cannot be "

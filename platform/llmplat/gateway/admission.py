@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from llmplat.auth.base import Principal
@@ -87,6 +88,8 @@ class QuotaService:
         self._exhausted: dict[str, tuple[str, float]] = {}
         """scope → (reason, until): a requests-per-minute or concurrency limit this replica
         recently found reached (see ``precheck``)."""
+        self._receiving: dict[str, int] = {}
+        """scope → requests of that scope between authentication and admission here."""
         self.store = store
         self.fail_open = fail_open
         self.lease_s = lease_s
@@ -146,6 +149,33 @@ class QuotaService:
                     exc = QuotaExceeded(scope.name, reason, limit, used, 1, 1.0)
                     raise _refusal(exc, principal)
             del self._exhausted[scope.name]
+
+    @contextlib.contextmanager
+    def receiving(self, principal: Principal) -> Iterator[None]:
+        """Count a request from authentication to admission (its body arriving, then being
+        parsed and tokenized) against its key's and team's concurrency limit, on this
+        replica: a caller allowed N requests at once gets a 429 for its N+1st upload at
+        once instead of holding a body buffer per connection it opens. The count is per
+        replica (the store only learns of a request at admission, which checks the limit
+        again); unlimited scopes are not counted."""
+        scopes = [s for s in scopes_of(principal) if s.limits.concurrent_requests is not None]
+        for scope in scopes:
+            limit = scope.limits.concurrent_requests or 0
+            waiting = self._receiving.get(scope.name, 0)
+            if waiting >= limit:
+                exc = QuotaExceeded(scope.name, "concurrent_requests", limit, waiting, 1, 1.0)
+                raise _refusal(exc, principal)
+        for scope in scopes:
+            self._receiving[scope.name] = self._receiving.get(scope.name, 0) + 1
+        try:
+            yield
+        finally:
+            for scope in scopes:
+                left = self._receiving[scope.name] - 1
+                if left:
+                    self._receiving[scope.name] = left
+                else:
+                    del self._receiving[scope.name]
 
     async def renew(self, admitted: Admitted) -> None:
         """Extend a live request's in-flight lease. Never raises."""

@@ -64,12 +64,24 @@ class GenerationHandler:
             principal = await authenticate(state, request, request_id=request_id)
             life.identified(principal)
             await state.quotas.precheck(principal)
-            raw = await read_body(request, state.config.gateway.max_request_bytes)
-            prepared = await prepare(state, principal, raw, method)
-            life.prepared(
-                prepared.model.model_id, prepared.stream, prepared.prompt_tokens, prepared.choices
-            )
-            admitted = await life.admit(prepared.reserve_tokens)
+            # Until admission the request's body and parsing are charged to its caller: its
+            # key's and team's concurrency, the replica's body budget, the body deadline.
+            gateway = state.config.gateway
+            with state.quotas.receiving(principal), state.body_budget.hold() as body:
+                raw = await read_body(
+                    request,
+                    gateway.max_request_bytes,
+                    timeout_s=gateway.body_timeout_s,
+                    budget=body,
+                )
+                prepared = await prepare(state, principal, raw, method)
+                life.prepared(
+                    prepared.model.model_id,
+                    prepared.stream,
+                    prepared.prompt_tokens,
+                    prepared.choices,
+                )
+                admitted = await life.admit(prepared.reserve_tokens)
             headers.update(admitted.headers)
             upstream, first = await self._call_engine(life, prepared, method)
             return await self._answer(life, prepared, upstream, first, headers)

@@ -5,6 +5,7 @@ becomes an engine request in ``gateway.prepare``."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -24,7 +25,9 @@ from llmplat.gateway.errors import (
     InvalidRequest,
     PayloadTooLarge,
     PermissionDenied,
+    RequestTimeout,
 )
+from llmplat.gateway.uploads import BodyBytes
 from llmplat.observability.record import AuthFailure
 
 if TYPE_CHECKING:
@@ -198,21 +201,42 @@ def _known_key_id(state: GatewayState, request: Request) -> str | None:
     return parsed[0] if parsed[0] in keys else None
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing oversize bodies before reading them whole."""
+async def read_body(
+    request: Request,
+    max_bytes: int,
+    *,
+    timeout_s: float | None = None,
+    budget: BodyBytes | None = None,
+) -> bytes:
+    """The raw body, refusing oversize bodies before reading them whole. With a
+    ``timeout_s`` a body that has not arrived by then is a 408 (the connection closes);
+    with a ``budget`` the declared length (else each chunk) is taken from it first."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(int(declared), max_bytes)
+    if declared is not None and declared.isdigit():
+        if int(declared) > max_bytes:
+            raise _too_large(int(declared), max_bytes)
+        if budget is not None:
+            budget.grow_to(int(declared))
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise _too_large(size, max_bytes)
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(size, max_bytes)
+                if budget is not None:
+                    budget.grow_to(size)
+                chunks.append(chunk)
     except ClientDisconnect as exc:
         raise InvalidRequest("The client closed the connection while sending the body.") from exc
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout_s:g} s "
+            f"({size} bytes received); send it faster or send less.",
+            code="request_timeout",
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 

@@ -24,6 +24,7 @@ from llmplat.gateway.fim import FimEncoder, load_fim_encoder
 from llmplat.gateway.scaling import ReportSource, ScaleView
 from llmplat.gateway.throttle import FailedAuthThrottle
 from llmplat.gateway.tokens import PromptCounter
+from llmplat.gateway.uploads import BodyBudget
 from llmplat.gateway.usage import Usage
 from llmplat.observability.audit import audit_line
 from llmplat.observability.metrics import GatewayMetrics
@@ -108,6 +109,8 @@ class GatewayState:
     fim: dict[str, FimEncoder | None]
     counters: dict[str, PromptCounter]
     quotas: QuotaService
+    body_budget: BodyBudget
+    """Request-body bytes held for requests not yet admitted, replica-wide."""
     metrics: GatewayMetrics
     scale: ScaleView
     """The autoscaler's reports of the models whose replica count may change."""
@@ -224,6 +227,7 @@ def build_state(
         fim=fim,
         counters=counters,
         quotas=quotas or QuotaService(MemoryQuotaStore()),
+        body_budget=BodyBudget(config.gateway.max_buffered_body_bytes),
         metrics=metrics,
         scale=ScaleView(autoscaled, scale_source, metrics),
         on_finish=on_finish,

@@ -15,6 +15,7 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.file_store import FileKeyStore
 from llmplat.engine.fake import FAIL_BEFORE, FAIL_MID_STREAM, HANG
 from llmplat.gateway.state import GatewayState
+from llmplat.gateway.uploads import BodyBudget
 from support import MODEL, V3_TOKENIZER, auth, with_gateway
 
 
@@ -422,6 +423,142 @@ async def test_concurrency_limit_and_slot_freed_after_stream(
         _ = [c async for c in stream]
         await client.completions.create(model=MODEL, prompt="x", max_tokens=1)
     await _in_flight_zero(state, "ci")
+
+
+# --- before admission: the body and its parsing are charged to the caller -------------
+
+
+def _completion_body(size: int | None = None) -> bytes:
+    body = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1}).encode()
+    return body if size is None else body.ljust(size)  # JSON allows trailing whitespace
+
+
+async def _stalled(head: bytes, release: asyncio.Event, rest: bytes = b""):
+    """An upload that sends ``head``, then nothing until ``release``."""
+    yield head
+    await release.wait()
+    yield rest
+
+
+def _headers(key: str, length: int | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    return headers
+
+
+async def test_an_upload_counts_against_its_keys_concurrency_until_admitted(
+    http, make_key, state, records
+) -> None:
+    """A key allowed one request at a time that opens a second upload while the first is
+    still arriving gets a 429 at once: its body is never read, the engine never called."""
+    key = await make_key(limits={"concurrent_requests": 1})
+    body, release = _completion_body(), asyncio.Event()
+    first = asyncio.create_task(
+        http.post(
+            "/v1/completions",
+            content=_stalled(body[:10], release, body[10:]),
+            headers=_headers(key),
+        )
+    )
+    await _eventually(lambda: _assert(state.body_budget.held == 10))
+    engine = state.backends[MODEL].engine
+    calls = len(engine.request_ids)
+    second = await http.post("/v1/completions", content=body, headers=_headers(key))
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "concurrent requests" in second.json()["error"]["message"]
+    assert second.headers["retry-after"] == "1"
+    assert len(engine.request_ids) == calls
+    assert state.body_budget.held == 10  # the refused body was not read
+    release.set()
+    assert (await first).status_code == 200
+    third = await http.post("/v1/completions", content=body, headers=_headers(key))
+    assert third.status_code == 200
+    assert state.body_budget.held == 0
+    assert [r.status for r in records[-3:]] == [429, 200, 200]
+
+
+async def test_an_unlimited_team_uploads_are_not_counted(http, make_key, state) -> None:
+    key = await make_key("open")
+    body, release = _completion_body(), asyncio.Event()
+    stalled = [
+        asyncio.create_task(
+            http.post(
+                "/v1/completions",
+                content=_stalled(body[:10], release, body[10:]),
+                headers=_headers(key),
+            )
+        )
+        for _ in range(3)
+    ]
+    await _eventually(lambda: _assert(state.body_budget.held == 30))
+    release.set()
+    assert [(await t).status_code for t in stalled] == [200, 200, 200]
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_a_408(
+    http, make_key, state, records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state, "config", with_gateway(state.config, body_timeout_s=0.3))
+    key = await make_key(limits={"concurrent_requests": 1})
+    body = _completion_body()
+    r = await http.post(
+        "/v1/completions",
+        content=_stalled(body[:10], asyncio.Event()),
+        headers=_headers(key, len(body)),
+    )
+    assert r.status_code == 408
+    error = r.json()["error"]
+    assert error["code"] == "request_timeout"
+    assert "did not arrive within 0.3 s (10 bytes received)" in error["message"]
+    assert r.headers["connection"] == "close"
+    assert records[-1].status == 408 and records[-1].error_code == "request_timeout"
+    # the slot and the bytes are given back: the same key is served at once
+    assert state.body_budget.held == 0
+    assert (
+        await http.post("/v1/completions", content=body, headers=_headers(key))
+    ).status_code == 200
+
+
+async def test_the_replica_bounds_the_body_bytes_it_holds(
+    http, make_key, state, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies not yet admitted share one replica-wide budget: a declared length is taken
+    before any of it is read, and past the budget a new body is a 503 with Retry-After."""
+    monkeypatch.setattr(state, "body_budget", BodyBudget(2048))
+    key = await make_key("open")
+    big, release = _completion_body(1500), asyncio.Event()
+    holding = asyncio.create_task(
+        http.post(
+            "/v1/completions",
+            content=_stalled(big[:100], release, big[100:]),
+            headers=_headers(key, len(big)),
+        )
+    )
+    await _eventually(lambda: _assert(state.body_budget.held == 1500))
+    refused = await http.post(
+        "/v1/completions", content=_completion_body(600), headers=_headers(key)
+    )
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "server_busy"
+    assert refused.headers["retry-after"] == "1"
+    fits = await http.post("/v1/completions", content=_completion_body(500), headers=_headers(key))
+    assert fits.status_code == 200
+    # a body without a declared length (chunked) is charged as it arrives: 300 bytes fit
+    # beside the held 1500, 600 do not
+    chunked = _completion_body(600)
+
+    async def in_two_parts():
+        yield chunked[:300]
+        yield chunked[300:]
+
+    r = await http.post("/v1/completions", content=in_two_parts(), headers=_headers(key))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+    assert state.body_budget.held == 1500
+    release.set()
+    assert (await holding).status_code == 200
+    assert state.body_budget.held == 0
 
 
 async def test_engine_failures_bill_prompt_and_delivered_tokens(
