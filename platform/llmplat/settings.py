@@ -110,7 +110,12 @@ class InputBounds(BaseModel):
     choice_chars: int = Field(
         32768, ge=1, description="Characters of structured_outputs.choice's entries together."
     )
-    stop_count: int = Field(64, ge=1, description="Stop strings of a request ('stop').")
+    stop_count: int = Field(
+        4,
+        ge=1,
+        description="Stop strings of a request ('stop'); 4 is also the most the OpenAI "
+        "request models accept.",
+    )
     stop_chars: int = Field(
         4096, ge=1, description="Characters of a request's stop strings together."
     )

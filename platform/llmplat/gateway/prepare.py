@@ -235,7 +235,11 @@ def _param(loc: tuple[int | str, ...], body: Any) -> str | None:
 
 
 def _validation_error(exc: ValidationError, body: Any) -> InvalidRequest:
-    first = exc.errors()[0]
+    # A value that fails every branch of a union gets one error per branch; the branch of
+    # the value's own type ("List should have at most 4 items") says more than the others'
+    # "Input should be a valid string".
+    errors = sorted(exc.errors(), key=lambda e: str(e["type"]).endswith("_type"))
+    first = errors[0]
     param = _param(first["loc"], body)
     msg = first["msg"].removeprefix("Value error, ")
     where = f"'{param}': " if param else ""

@@ -388,6 +388,26 @@ async def test_a_bad_field_is_named_and_further_problems_counted(http) -> None:
     assert three.json()["error"]["message"].endswith(" (2 more problems)")
 
 
+async def test_a_union_field_reports_the_problem_of_its_own_type(gateway, replica) -> None:
+    """'stop' is a string or a list of at most 4: with the input bound raised past that,
+    five strings are refused for the list's length, not with the string branch's "Input
+    should be a valid string"."""
+    settings = gateway.state.gateway.config.gateway
+    roomy = settings.model_copy(
+        update={"input_bounds": settings.input_bounds.model_copy(update={"stop_count": 8})}
+    )
+    async with replica(gateway=roomy) as (_, http):
+        r = await http.post(
+            "/v1/completions",
+            json={"model": MODEL, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]},
+            headers=auth(),
+        )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["param"] == "stop"
+    assert "at most 4 items" in error["message"], error["message"]
+
+
 async def test_streaming_fim_is_served_and_billed(client, records) -> None:
     stream = await client.completions.create(
         model=MODEL,
