@@ -31,13 +31,22 @@ import pytest_asyncio
 
 from llmplat.settings import Settings
 from support import MODEL
-from support.platform import files_containing, free_port, launch, platform_home, stop
+from support.platform import (
+    BODY_TIMEOUT_S,
+    files_containing,
+    free_port,
+    launch,
+    platform_home,
+    stop,
+)
 
 TEAMS: dict[str, list[str]] = {
     "ide": ["--priority", "interactive", "--rpm", "10000"],
     "ci": ["--priority", "batch", "--max-tokens-cap", "512"],
     "small": ["--rpm", "3", "--tpm", "100000"],
     "pair": ["--priority", "batch", "--concurrency", "2"],
+    "solo": ["--concurrency", "1"],
+    "bounded": ["--input-bound", "schema_properties=8", "--input-bound", "stop_count=2"],
 }
 """Teams the session's platform has, created through the CLI before it starts."""
 
@@ -78,6 +87,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlatform]:
         "LLMPLAT_DEV_API_KEY": key,
         "LLMPLAT_ADMIN_TOKEN": admin_token,
         "LLMPLAT_ENGINE_METRICS_PORT": str(metrics_port),
+        "LLMPLAT_GATEWAY__BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "PYTHONUNBUFFERED": "1",
     }
     team_keys = {team: _cli_team_key(team, flags, env) for team, flags in TEAMS.items()}

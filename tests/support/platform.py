@@ -18,6 +18,10 @@ START_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 90
 
 
+BODY_TIMEOUT_S = 5
+"""The integration session platform's body deadline (LLMPLAT_GATEWAY__BODY_TIMEOUT_S)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
