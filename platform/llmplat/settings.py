@@ -129,6 +129,14 @@ class InputBounds(BaseModel):
         ge=1,
         description="Entries of 'allowed_token_ids', and of 'stop_token_ids' (each list).",
     )
+    grammar_compiles: int = Field(
+        1,
+        ge=1,
+        description="New grammars (a JSON schema, regex, grammar or choice list not compiled "
+        "yet) a team may have compiling at once on one gateway replica; more is a 429. The "
+        "engine compiles them in a small thread pool shared by every team, first come first "
+        "served; specs already compiled are cache hits and not counted.",
+    )
     prompts: int = Field(
         128,
         ge=1,

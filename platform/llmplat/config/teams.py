@@ -66,6 +66,7 @@ class InputBoundsOverrides(_Record):
     bad_words_chars: int | None = _override("bad_words_chars")
     logit_bias_entries: int | None = _override("logit_bias_entries")
     token_ids: int | None = _override("token_ids")
+    grammar_compiles: int | None = _override("grammar_compiles")
     prompts: int | None = _override("prompts")
 
     def applied_to(self, bounds: InputBounds) -> InputBounds:

@@ -10,6 +10,7 @@ the request afterwards, the lifecycle middleware concludes it; the handler tells
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
@@ -65,25 +66,34 @@ class GenerationHandler:
             life.identified(principal)
             await state.quotas.precheck(principal)
             # Until admission the request's body and parsing are charged to its caller: its
-            # key's and team's concurrency, the replica's body budget, the body deadline.
+            # key's and team's concurrency, the replica's body budget, the body deadline. A
+            # spec the engine has not compiled yet counts against the team's new
+            # compilations until the engine's first answer (gateway.grammars).
             gateway = state.config.gateway
-            with state.quotas.receiving(principal), state.body_budget.hold() as body:
-                raw = await read_body(
-                    request,
-                    gateway.max_request_bytes,
-                    timeout_s=gateway.body_timeout_s,
-                    budget=body,
-                )
-                prepared = await prepare(state, principal, raw, method)
-                life.prepared(
-                    prepared.model.model_id,
-                    prepared.stream,
-                    prepared.prompt_tokens,
-                    prepared.choices,
-                )
-                admitted = await life.admit(prepared.reserve_tokens)
-            headers.update(admitted.headers)
-            upstream, first = await self._call_engine(life, prepared, method)
+            with contextlib.ExitStack() as until_compiled:
+                with state.quotas.receiving(principal), state.body_budget.hold() as body:
+                    raw = await read_body(
+                        request,
+                        gateway.max_request_bytes,
+                        timeout_s=gateway.body_timeout_s,
+                        budget=body,
+                    )
+                    prepared = await prepare(state, principal, raw, method)
+                    life.prepared(
+                        prepared.model.model_id,
+                        prepared.stream,
+                        prepared.prompt_tokens,
+                        prepared.choices,
+                    )
+                    grammar = until_compiled.enter_context(
+                        state.grammars.compiling(
+                            principal.team, prepared.grammar, prepared.grammar_limit
+                        )
+                    )
+                    admitted = await life.admit(prepared.reserve_tokens)
+                headers.update(admitted.headers)
+                upstream, first = await self._call_engine(life, prepared, method)
+                grammar.compiled()
             return await self._answer(life, prepared, upstream, first, headers)
         except APIError as err:
             if (

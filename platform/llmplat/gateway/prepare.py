@@ -27,6 +27,7 @@ from llmplat.gateway.backends import Method
 from llmplat.gateway.bounds import check_input_bounds
 from llmplat.gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from llmplat.gateway.fim import apply_fim
+from llmplat.gateway.grammars import grammar_key
 from llmplat.gateway.requests import parse_json_object
 from llmplat.gateway.state import GatewayModel, GatewayState
 from llmplat.gateway.surface import CHAT_FIELDS, COMPLETION_FIELDS, screen_fields
@@ -55,6 +56,10 @@ class Prepared:
     reserve_tokens: int
     """Prompt tokens plus the most every choice of every prompt may generate."""
     choices: int
+    grammar: str | None = None
+    """What the engine will compile for it (``gateway.grammars.grammar_key``), if anything."""
+    grammar_limit: int = 1
+    """The team's ``grammar_compiles`` bound."""
 
 
 def unknown_model(model_id: str) -> NotFound:
@@ -96,6 +101,7 @@ def prepare_body(state: GatewayState, principal: Principal, raw: bytes, method: 
     # costs no engine call and no quota.
     bounds = principal.input_bounds.applied_to(state.config.gateway.input_bounds)
     check_input_bounds(body, bounds, chat=method == "chat")
+    grammar = grammar_key(body, chat=method == "chat")
     req: GenerationRequest
     if method == "chat":
         _check_message_count(body, state.config.gateway.max_messages)
@@ -117,7 +123,16 @@ def prepare_body(state: GatewayState, principal: Principal, raw: bytes, method: 
     req.request_id = uuid.uuid4().hex
     prompt_tokens, reserve = _reservation(state, model, req, principal, choices)
     return Prepared(
-        model, req, bool(req.stream), wants, continuous, prompt_tokens, reserve, choices
+        model,
+        req,
+        bool(req.stream),
+        wants,
+        continuous,
+        prompt_tokens,
+        reserve,
+        choices,
+        grammar,
+        bounds.grammar_compiles,
     )
 
 

@@ -21,6 +21,7 @@ from llmplat.config.profiles import AutoscalingSpec
 from llmplat.gateway.admission import QuotaService
 from llmplat.gateway.backends import ModelBackend
 from llmplat.gateway.fim import FimEncoder, load_fim_encoder
+from llmplat.gateway.grammars import GrammarGate
 from llmplat.gateway.scaling import ReportSource, ScaleView
 from llmplat.gateway.throttle import FailedAuthThrottle
 from llmplat.gateway.tokens import PromptCounter
@@ -111,6 +112,8 @@ class GatewayState:
     quotas: QuotaService
     body_budget: BodyBudget
     """Request-body bytes held for requests not yet admitted, replica-wide."""
+    grammars: GrammarGate
+    """New grammar compilations by team, and the specs recently compiled."""
     metrics: GatewayMetrics
     scale: ScaleView
     """The autoscaler's reports of the models whose replica count may change."""
@@ -228,6 +231,7 @@ def build_state(
         counters=counters,
         quotas=quotas or QuotaService(MemoryQuotaStore()),
         body_budget=BodyBudget(config.gateway.max_buffered_body_bytes),
+        grammars=GrammarGate(),
         metrics=metrics,
         scale=ScaleView(autoscaled, scale_source, metrics),
         on_finish=on_finish,

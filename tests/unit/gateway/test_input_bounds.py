@@ -147,7 +147,8 @@ CASES: dict[str, tuple[Callable[[int], tuple[str, dict[str, Any]]], str]] = {
 
 
 def test_every_bound_has_a_case() -> None:
-    assert set(CASES) == set(InputBounds.model_fields)
+    # grammar_compiles bounds compilations at once, not one request: test_grammar_compiles.py
+    assert set(CASES) == set(InputBounds.model_fields) - {"grammar_compiles"}
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""New grammar compilations, charged to the team that asks for them.
+
+vLLM compiles a request's JSON schema, regex, grammar or choice list into a token mask in a
+small pool of threads shared by every request of the engine (first come, first served), and
+caches what it compiled. One compilation of the costliest schema the input bounds allow
+takes seconds of CPU; a team that sends a fresh one per request would keep the pool busy
+and every other team's structured requests queued behind it. So a team may have at most
+``InputBounds.grammar_compiles`` *new* specs compiling at once on a gateway replica: a spec
+this replica has seen compiled (or sees compiling now) is a cache hit for the engine and is
+not counted, so parallel requests that share a schema are never refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from llmplat.errors import RateLimited
+
+REMEMBERED = 4096
+"""Compiled specs remembered per replica (least recently used forgotten first)."""
+
+
+def grammar_key(body: dict[str, Any], chat: bool) -> str | None:
+    """A digest of what the engine would compile for ``body`` (fields already screened and
+    bounded), or None when it compiles nothing."""
+    spec: dict[str, Any] = {}
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        spec["response_format"] = fmt
+    if body.get("structured_outputs") is not None:
+        spec["structured_outputs"] = body["structured_outputs"]
+    choice = body.get("tool_choice")
+    if chat and body.get("tools") and (choice == "required" or isinstance(choice, dict)):
+        spec["tools"], spec["tool_choice"] = body["tools"], choice  # compiled into one schema
+    if not spec:
+        return None
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class _Compiling:
+    team: str
+    requests: int = 0
+
+
+class GrammarSlot:
+    """A request's hold on a spec's compilation: :meth:`compiled` once the engine has
+    answered (the spec is in its cache from then on)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def compiled(self) -> None:
+        self.done = True
+
+
+class GrammarGate:
+    """Per replica: the specs compiling now (by team) and those recently compiled."""
+
+    def __init__(self, remembered: int = REMEMBERED) -> None:
+        self._remembered = remembered
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._compiling: dict[str, _Compiling] = {}
+        self._per_team: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def compiling(self, team: str, key: str | None, limit: int) -> Iterator[GrammarSlot]:
+        """Count ``key`` against ``team``'s new compilations while the block runs, or raise
+        a 429 when the team already has ``limit`` of them compiling here."""
+        slot = GrammarSlot()
+        if key is None or key in self._recent:
+            if key is not None:
+                self._recent.move_to_end(key)
+            yield slot
+            return
+        entry = self._compiling.get(key)
+        if entry is None:
+            if self._per_team.get(team, 0) >= limit:
+                raise RateLimited(
+                    f"Team '{team}' already has {limit} new grammar(s) (a JSON schema, regex, "
+                    "grammar or choice list the engine has not compiled yet) being compiled "
+                    "on this gateway replica (input bound 'grammar_compiles'). Retry after "
+                    "1 s; a spec already compiled is not counted.",
+                    code="grammar_concurrency",
+                    headers={"Retry-After": "1"},
+                )
+            entry = self._compiling[key] = _Compiling(team)
+            self._per_team[team] = self._per_team.get(team, 0) + 1
+        entry.requests += 1
+        try:
+            yield slot
+        finally:
+            self._release(key, slot.done)
+
+    def compiling_for(self, team: str) -> int:
+        """New specs of ``team`` compiling on this replica now."""
+        return self._per_team.get(team, 0)
+
+    def _release(self, key: str, compiled: bool) -> None:
+        entry = self._compiling[key]
+        entry.requests -= 1
+        if compiled:
+            self._recent[key] = None
+            self._recent.move_to_end(key)
+            while len(self._recent) > self._remembered:
+                self._recent.popitem(last=False)
+        if entry.requests == 0:
+            del self._compiling[key]
+            left = self._per_team[entry.team] - 1
+            if left:
+                self._per_team[entry.team] = left
+            else:
+                del self._per_team[entry.team]
