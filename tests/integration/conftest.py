@@ -46,6 +46,8 @@ TEAMS: dict[str, list[str]] = {
     "small": ["--rpm", "3", "--tpm", "100000"],
     "pair": ["--priority", "batch", "--concurrency", "2"],
     "solo": ["--concurrency", "1"],
+    "tenant-a": ["--concurrency", "4"],
+    "tenant-b": [],
     "bounded": ["--input-bound", "schema_properties=8", "--input-bound", "stop_count=2"],
 }
 """Teams the session's platform has, created through the CLI before it starts."""
