@@ -294,6 +294,16 @@ def test_notes_name_the_layout_and_the_endpoint() -> None:
     assert "Declared teams (applied at every start): ci" in notes
 
 
+@pytest.mark.parametrize(("proxies", "warned"), [([], True), (["10.0.0.0/8"], False)])
+def test_notes_ask_for_the_ingress_range_when_no_proxy_is_trusted(
+    proxies: list[str], warned: bool
+) -> None:
+    values = chart.load_values(chart.VALUES_DIR / "h100x8.yaml")
+    values["gateway"] = {"ingress": {"enabled": True}, "trustedProxies": proxies}
+    notes = chart.render_raw(values)["llmplat/templates/NOTES.txt"]
+    assert ("set gateway.trustedProxies" in notes) is warned
+
+
 def test_helm_merge_of_a_layout_file_leaves_no_stale_default_keys() -> None:
     """Helm merges maps key by key: every generated key of the chart's default layout must
     be set again by each layout file, or a default value would leak into it."""
