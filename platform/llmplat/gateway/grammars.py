@@ -7,16 +7,20 @@ takes seconds of CPU; a team that sends a fresh one per request would keep the p
 and every other team's structured requests queued behind it. So a team may have at most
 ``InputBounds.grammar_compiles`` *new* specs compiling at once on a gateway replica: a spec
 this replica has seen compiled (or sees compiling now) is a cache hit for the engine and is
-not counted, so parallel requests that share a schema are never refused.
+not counted, so parallel requests that share a schema are never refused. A request that
+goes away before the engine answered leaves its compilation running (the engine cannot
+interrupt one), so it stays counted for as long as recent compilations took.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
-from collections import OrderedDict
-from collections.abc import Iterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +28,10 @@ from llmplat.errors import RateLimited
 
 REMEMBERED = 4096
 """Compiled specs remembered per replica (least recently used forgotten first)."""
+
+UNKNOWN_COMPILE_S = 10.0
+"""How long a compilation whose request went away is assumed to run on, before this replica
+has seen any compilation finish (then: the longest of the recent ones)."""
 
 
 def grammar_key(body: dict[str, Any], chat: bool) -> str | None:
@@ -51,11 +59,15 @@ class _Compiling:
 
 
 class GrammarSlot:
-    """A request's hold on a spec's compilation: :meth:`compiled` once the engine has
-    answered (the spec is in its cache from then on)."""
+    """A request's hold on a spec's compilation: :meth:`sent` when the engine call is made,
+    :meth:`compiled` once the engine has answered (the spec is in its cache from then on)."""
 
     def __init__(self) -> None:
+        self.engine_has_it = False
         self.done = False
+
+    def sent(self) -> None:
+        self.engine_has_it = True
 
     def compiled(self) -> None:
         self.done = True
@@ -64,11 +76,19 @@ class GrammarSlot:
 class GrammarGate:
     """Per replica: the specs compiling now (by team) and those recently compiled."""
 
-    def __init__(self, remembered: int = REMEMBERED) -> None:
+    def __init__(
+        self, remembered: int = REMEMBERED, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._remembered = remembered
+        self._clock = clock
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._compiling: dict[str, _Compiling] = {}
         self._per_team: dict[str, int] = {}
+        self._orphans: list[tuple[float, str]] = []
+        """(until, team): compilations whose request went away before the engine answered.
+        The engine cannot interrupt a compilation, so it still counts for its team."""
+        self._durations: deque[float] = deque(maxlen=16)
+        """How long recent new specs took from the engine call to its first answer."""
 
     @contextlib.contextmanager
     def compiling(self, team: str, key: str | None, limit: int) -> Iterator[GrammarSlot]:
@@ -82,6 +102,7 @@ class GrammarGate:
             return
         entry = self._compiling.get(key)
         if entry is None:
+            self._expire_orphans()
             if self._per_team.get(team, 0) >= limit:
                 raise RateLimited(
                     f"Team '{team}' already has {limit} new grammar(s) (a JSON schema, regex, "
@@ -94,14 +115,38 @@ class GrammarGate:
             entry = self._compiling[key] = _Compiling(team)
             self._per_team[team] = self._per_team.get(team, 0) + 1
         entry.requests += 1
+        started = self._clock()
         try:
             yield slot
         finally:
+            if slot.done:
+                self._durations.append(self._clock() - started)
+            elif slot.engine_has_it:  # gone before the engine answered: it compiles on
+                self._orphan(entry.team)
             self._release(key, slot.done)
 
     def compiling_for(self, team: str) -> int:
-        """New specs of ``team`` compiling on this replica now."""
+        """New specs of ``team`` compiling on this replica now (orphans included)."""
+        self._expire_orphans()
         return self._per_team.get(team, 0)
+
+    def _orphan(self, team: str) -> None:
+        hold = max(self._durations, default=UNKNOWN_COMPILE_S)
+        heapq.heappush(self._orphans, (self._clock() + hold, team))
+        self._per_team[team] = self._per_team.get(team, 0) + 1
+
+    def _expire_orphans(self) -> None:
+        now = self._clock()
+        while self._orphans and self._orphans[0][0] <= now:
+            _, team = heapq.heappop(self._orphans)
+            self._drop(team)
+
+    def _drop(self, team: str) -> None:
+        left = self._per_team[team] - 1
+        if left:
+            self._per_team[team] = left
+        else:
+            del self._per_team[team]
 
     def _release(self, key: str, compiled: bool) -> None:
         entry = self._compiling[key]
@@ -113,8 +158,4 @@ class GrammarGate:
                 self._recent.popitem(last=False)
         if entry.requests == 0:
             del self._compiling[key]
-            left = self._per_team[entry.team] - 1
-            if left:
-                self._per_team[entry.team] = left
-            else:
-                del self._per_team[entry.team]
+            self._drop(entry.team)

@@ -92,6 +92,7 @@ class GenerationHandler:
                     )
                     admitted = await life.admit(prepared.reserve_tokens)
                 headers.update(admitted.headers)
+                grammar.sent()
                 upstream, first = await self._call_engine(life, prepared, method)
                 grammar.compiled()
             return await self._answer(life, prepared, upstream, first, headers)

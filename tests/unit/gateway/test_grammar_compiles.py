@@ -11,7 +11,8 @@ import pytest
 from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.file_store import FileKeyStore
 from llmplat.engine.fake import FAIL_BEFORE, HANG
-from llmplat.gateway.grammars import GrammarGate, grammar_key
+from llmplat.errors import RateLimited
+from llmplat.gateway.grammars import UNKNOWN_COMPILE_S, GrammarGate, grammar_key
 from llmplat.gateway.state import GatewayState
 from support import MODEL, auth, with_gateway
 
@@ -111,13 +112,21 @@ async def test_a_compiled_spec_is_not_counted_again(
 
 
 async def test_a_spec_the_engine_failed_on_is_still_new(
-    http: httpx.AsyncClient, state: GatewayState, key_store: FileKeyStore
+    http: httpx.AsyncClient,
+    state: GatewayState,
+    key_store: FileKeyStore,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    now = [0.0]
+    monkeypatch.setattr(state, "grammars", GrammarGate(clock=lambda: now[0]))
     ci = await team_key(state, key_store, "ci")
     failed = await http.post(
         "/v1/chat/completions", json=schema_chat("a", FAIL_BEFORE), headers=auth(ci)
     )
     assert failed.status_code >= 500
+    # the engine failed before answering: it may still be compiling 'a'
+    assert state.grammars.compiling_for("ci") == 1
+    now[0] += UNKNOWN_COMPILE_S
     compiling = asyncio.create_task(
         http.post("/v1/chat/completions", json=schema_chat("b", HANG), headers=auth(ci))
     )
@@ -145,7 +154,8 @@ async def test_a_team_may_be_allowed_more(
     for task in (compiling, second):
         task.cancel()
     await asyncio.gather(compiling, second, return_exceptions=True)
-    assert state.grammars.compiling_for("roomy") == 0
+    # gone before the engine answered: the engine would still be compiling both
+    assert state.grammars.compiling_for("roomy") == 2
 
 
 def _chat(**fields: Any) -> dict[str, Any]:
@@ -188,3 +198,33 @@ def test_the_gate_forgets_the_least_recently_used_spec() -> None:
         assert gate.compiling_for("t") == 0
     with gate.compiling("t", "a", 1):  # forgotten: new again
         assert gate.compiling_for("t") == 1
+
+
+def test_a_compilation_whose_request_went_away_still_counts() -> None:
+    """The engine cannot interrupt a compilation: a request that went away after the engine
+    call keeps its team's count for as long as recent compilations took (before any:
+    UNKNOWN_COMPILE_S); one refused before the engine call does not."""
+    now = [0.0]
+    gate = GrammarGate(clock=lambda: now[0])
+    with gate.compiling("t", "first", 1) as slot:
+        slot.sent()
+    assert gate.compiling_for("t") == 1  # nothing finished yet: the default hold
+    now[0] += UNKNOWN_COMPILE_S
+    assert gate.compiling_for("t") == 0
+
+    with gate.compiling("t", "a", 1) as slot:
+        slot.sent()
+        now[0] += 2.0
+        slot.compiled()
+    with gate.compiling("t", "b", 1) as slot:
+        slot.sent()  # then the client goes away
+    assert gate.compiling_for("t") == 1
+    with pytest.raises(RateLimited), gate.compiling("t", "c", 1):
+        pass
+    with gate.compiling("u", "c", 1):  # other teams are not held
+        assert gate.compiling_for("u") == 1
+    now[0] += 2.0
+    assert gate.compiling_for("t") == 0
+    with gate.compiling("t", "d", 1):
+        pass  # refused before the engine call (quota): nothing left compiling
+    assert gate.compiling_for("t") == 0
