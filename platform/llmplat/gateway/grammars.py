@@ -9,7 +9,7 @@ and every other team's structured requests queued behind it. So a team may have 
 this replica has seen compiled (or sees compiling now) is a cache hit for the engine and is
 not counted, so parallel requests that share a schema are never refused. A request that
 goes away before the engine answered leaves its compilation running (the engine cannot
-interrupt one), so it stays counted for as long as recent compilations took.
+interrupt one), so it stays counted for as long as the team's recent ones took.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ REMEMBERED = 4096
 """Compiled specs remembered per replica (least recently used forgotten first)."""
 
 UNKNOWN_COMPILE_S = 10.0
-"""How long a compilation whose request went away is assumed to run on, before this replica
-has seen any compilation finish (then: the longest of the recent ones)."""
+"""How long a compilation whose request went away is assumed to run on, for a team whose
+recent new specs this replica has not seen answered (else: the longest of those)."""
 
 
 def grammar_key(body: dict[str, Any], chat: bool) -> str | None:
@@ -65,12 +65,15 @@ class GrammarSlot:
     def __init__(self) -> None:
         self.engine_has_it = False
         self.done = False
+        self.timed = False
 
     def sent(self) -> None:
         self.engine_has_it = True
 
-    def compiled(self) -> None:
-        self.done = True
+    def compiled(self, *, first_chunk: bool) -> None:
+        """``first_chunk``: the answer is a stream's first chunk, so the time to it is the
+        compilation's (plus a prefill), not a whole generation's."""
+        self.done, self.timed = True, first_chunk
 
 
 class GrammarGate:
@@ -87,8 +90,10 @@ class GrammarGate:
         self._orphans: list[tuple[float, str]] = []
         """(until, team): compilations whose request went away before the engine answered.
         The engine cannot interrupt a compilation, so it still counts for its team."""
-        self._durations: deque[float] = deque(maxlen=16)
-        """How long recent new specs took from the engine call to its first answer."""
+        self._durations: dict[str, deque[float]] = {}
+        """team → how long its recent new specs took to a stream's first chunk. Per team:
+        a team that cancels every request never shortens its own hold with other teams'
+        cheap compilations."""
 
     @contextlib.contextmanager
     def compiling(self, team: str, key: str | None, limit: int) -> Iterator[GrammarSlot]:
@@ -119,9 +124,10 @@ class GrammarGate:
         try:
             yield slot
         finally:
-            if slot.done:
-                self._durations.append(self._clock() - started)
-            elif slot.engine_has_it:  # gone before the engine answered: it compiles on
+            if slot.timed:
+                times = self._durations.setdefault(entry.team, deque(maxlen=16))
+                times.append(self._clock() - started)
+            elif slot.engine_has_it and not slot.done:  # gone before the engine answered
                 self._orphan(entry.team)
             self._release(key, slot.done)
 
@@ -131,7 +137,7 @@ class GrammarGate:
         return self._per_team.get(team, 0)
 
     def _orphan(self, team: str) -> None:
-        hold = max(self._durations, default=UNKNOWN_COMPILE_S)
+        hold = max(self._durations.get(team, ()), default=UNKNOWN_COMPILE_S)
         heapq.heappush(self._orphans, (self._clock() + hold, team))
         self._per_team[team] = self._per_team.get(team, 0) + 1
 

@@ -94,7 +94,7 @@ class GenerationHandler:
                 headers.update(admitted.headers)
                 grammar.sent()
                 upstream, first = await self._call_engine(life, prepared, method)
-                grammar.compiled()
+                grammar.compiled(first_chunk=prepared.stream)
             return await self._answer(life, prepared, upstream, first, headers)
         except APIError as err:
             if (
