@@ -269,7 +269,8 @@ def _apply_token_policy(
     explicit = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
     if cap is not None and not explicit and (req.max_tokens is None or req.max_tokens > cap):
         req.max_tokens = cap  # the team's cap is also its default
-    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    newer = getattr(req, "max_completion_tokens", None)  # 0 is a value, not "unset"
+    max_tokens = newer if newer is not None else req.max_tokens
     if max_tokens is not None and max_tokens < 1:
         raise InvalidRequest("'max_tokens' must be at least 1.", param="max_tokens")
     if max_tokens is not None and max_tokens > model.max_model_len:

@@ -403,6 +403,26 @@ async def test_reservation_without_max_tokens_uses_team_cap(http, make_key, cloc
     client = client_for(http, await make_key(max_tokens_cap=6, limits={"tokens_per_minute": 1000}))
     resp = await client.completions.create(model=MODEL, prompt="a")
     assert seen == [6] and resp.usage.completion_tokens == 6
+    # chat has no default max_tokens at all: the cap becomes it
+    chat = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "a"}]
+    )
+    assert seen == [6, 6] and chat.usage.completion_tokens == 6
+
+
+async def test_max_completion_tokens_is_checked_like_max_tokens(http) -> None:
+    """OpenAI's newer name for the same limit gets the same checks, with the same message."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "a"}]}
+    over = await http.post(
+        "/v1/chat/completions", json=chat | {"max_completion_tokens": 300}, headers=auth()
+    )
+    assert over.status_code == 400
+    assert over.json()["error"]["code"] == "context_length_exceeded"
+    assert over.json()["error"]["param"] == "max_tokens"
+    for field in ("max_tokens", "max_completion_tokens"):
+        zero = await http.post("/v1/chat/completions", json=chat | {field: 0}, headers=auth())
+        assert zero.status_code == 400
+        assert zero.json()["error"]["message"] == "'max_tokens' must be at least 1."
 
 
 async def test_concurrency_limit_and_slot_freed_after_stream(
