@@ -218,6 +218,16 @@ class GatewaySettings(BaseModel):
         "(LLMPLAT_GATEWAY__INPUT_BOUNDS__SCHEMA_BYTES, ...); teams may override each.",
     )
 
+    @model_validator(mode="after")
+    def _budget_holds_a_whole_body(self) -> GatewaySettings:
+        if self.max_buffered_body_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) is below "
+                f"max_request_bytes ({self.max_request_bytes}): a body of the largest accepted "
+                "size could never be buffered"
+            )
+        return self
+
 
 class KeyStoreSettings(BaseModel):
     """Where teams and API keys live."""

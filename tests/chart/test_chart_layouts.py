@@ -172,7 +172,10 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
     return chart.find(docs, "ConfigMap", "llmplat-env")["data"]
 
 
-@pytest.mark.parametrize(("cpus", "bind"), [(1, "0"), (2, "0"), (3, "0-1"), (8, "0-6")])
+@pytest.mark.parametrize(
+    ("cpus", "bind"),
+    [(1, "0"), (2, "0"), (3, "0-1"), (8, "0-6"), ("2.5", "0"), ("3500m", "0-1"), ("500m", "0")],
+)
 def test_cpu_engine_threads_leave_a_core_to_the_scheduler(cpus: int, bind: str) -> None:
     """As `llmplat serve` binds them (LLMPLAT_CPU__RESERVED_CPUS=1): every core of the model
     pod but one, which vLLM's scheduler process and the replica need."""

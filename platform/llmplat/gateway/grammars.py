@@ -29,6 +29,9 @@ from llmplat.errors import RateLimited
 REMEMBERED = 4096
 """Compiled specs remembered per replica (least recently used forgotten first)."""
 
+MAX_HOLD_S = 30.0
+"""The longest a compilation whose request went away keeps counting."""
+
 UNKNOWN_COMPILE_S = 10.0
 """How long a compilation whose request went away is assumed to run on, for a team whose
 recent new specs this replica has not seen answered (else: the longest of those)."""
@@ -36,7 +39,9 @@ recent new specs this replica has not seen answered (else: the longest of those)
 
 def grammar_key(body: dict[str, Any], chat: bool) -> str | None:
     """A digest of what the engine would compile for ``body`` (fields already screened and
-    bounded), or None when it compiles nothing."""
+    bounded) and for which model, or None when it compiles nothing. Key order counts, as in
+    the engine's cache (vLLM serialises the schema as sent; property order changes the
+    grammar)."""
     spec: dict[str, Any] = {}
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
@@ -48,7 +53,8 @@ def grammar_key(body: dict[str, Any], chat: bool) -> str | None:
         spec["tools"], spec["tool_choice"] = body["tools"], choice  # compiled into one schema
     if not spec:
         return None
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    spec["model"] = body.get("model")
+    text = json.dumps(spec, separators=(",", ":"), default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -62,18 +68,29 @@ class GrammarSlot:
     """A request's hold on a spec's compilation: :meth:`sent` when the engine call is made,
     :meth:`compiled` once the engine has answered (the spec is in its cache from then on)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
         self.engine_has_it = False
         self.done = False
-        self.timed = False
+        self.timed: float | None = None
+        """Seconds from the engine call to a stream's first chunk (a compile time)."""
+        self.sent_at = 0.0
 
     def sent(self) -> None:
         self.engine_has_it = True
+        self.sent_at = self._clock()
+
+    def answered(self) -> None:
+        """The engine answered with an error, or never had the request (a 503 before it
+        started): nothing is left compiling."""
+        self.engine_has_it = False
 
     def compiled(self, *, first_chunk: bool) -> None:
         """``first_chunk``: the answer is a stream's first chunk, so the time to it is the
         compilation's (plus a prefill), not a whole generation's."""
-        self.done, self.timed = True, first_chunk
+        self.done = True
+        if first_chunk and self.engine_has_it:
+            self.timed = self._clock() - self.sent_at
 
 
 class GrammarGate:
@@ -99,7 +116,7 @@ class GrammarGate:
     def compiling(self, team: str, key: str | None, limit: int) -> Iterator[GrammarSlot]:
         """Count ``key`` against ``team``'s new compilations while the block runs, or raise
         a 429 when the team already has ``limit`` of them compiling here."""
-        slot = GrammarSlot()
+        slot = GrammarSlot(self._clock)
         if key is None or key in self._recent:
             if key is not None:
                 self._recent.move_to_end(key)
@@ -120,13 +137,12 @@ class GrammarGate:
             entry = self._compiling[key] = _Compiling(team)
             self._per_team[team] = self._per_team.get(team, 0) + 1
         entry.requests += 1
-        started = self._clock()
         try:
             yield slot
         finally:
-            if slot.timed:
+            if slot.timed is not None:
                 times = self._durations.setdefault(entry.team, deque(maxlen=16))
-                times.append(self._clock() - started)
+                times.append(slot.timed)
             elif slot.engine_has_it and not slot.done:  # gone before the engine answered
                 self._orphan(entry.team)
             self._release(key, slot.done)
@@ -137,7 +153,7 @@ class GrammarGate:
         return self._per_team.get(team, 0)
 
     def _orphan(self, team: str) -> None:
-        hold = max(self._durations.get(team, ()), default=UNKNOWN_COMPILE_S)
+        hold = min(max(self._durations.get(team, ()), default=UNKNOWN_COMPILE_S), MAX_HOLD_S)
         heapq.heappush(self._orphans, (self._clock() + hold, team))
         self._per_team[team] = self._per_team.get(team, 0) + 1
 

@@ -93,7 +93,11 @@ class GenerationHandler:
                     admitted = await life.admit(prepared.reserve_tokens)
                 headers.update(admitted.headers)
                 grammar.sent()
-                upstream, first = await self._call_engine(life, prepared, method)
+                try:
+                    upstream, first = await self._call_engine(life, prepared, method)
+                except APIError:
+                    grammar.answered()  # an error answer, or the engine never had it
+                    raise
                 grammar.compiled(first_chunk=prepared.stream)
             return await self._answer(life, prepared, upstream, first, headers)
         except APIError as err:

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from llmplat.settings import DEV_KEY_PREFIX, Settings, export_defaults
+from llmplat.settings import DEV_KEY_PREFIX, GatewaySettings, Settings, export_defaults
 
 
 def test_environment_and_nesting(monkeypatch, tmp_path) -> None:
@@ -132,3 +133,10 @@ def test_input_bounds_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("LLMPLAT_GATEWAY__INPUT_BOUNDS__SCHEMA_DEPTH", "0")
     with pytest.raises(ValueError, match="schema_depth"):
         Settings()
+
+
+def test_the_body_budget_must_hold_the_largest_body() -> None:
+    """A budget below one whole body would answer such bodies 503 + Retry-After forever."""
+    with pytest.raises(ValidationError, match="below max_request_bytes"):
+        GatewaySettings(max_request_bytes=1 << 20, max_buffered_body_bytes=(1 << 20) - 1)
+    assert GatewaySettings(max_request_bytes=4096, max_buffered_body_bytes=4096)

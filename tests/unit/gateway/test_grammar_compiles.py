@@ -12,7 +12,7 @@ from llmplat.auth.admin import KeyAdmin
 from llmplat.auth.file_store import FileKeyStore
 from llmplat.engine.fake import FAIL_BEFORE, HANG
 from llmplat.errors import RateLimited
-from llmplat.gateway.grammars import UNKNOWN_COMPILE_S, GrammarGate, grammar_key
+from llmplat.gateway.grammars import MAX_HOLD_S, UNKNOWN_COMPILE_S, GrammarGate, grammar_key
 from llmplat.gateway.state import GatewayState
 from support import MODEL, auth, with_gateway
 
@@ -136,9 +136,8 @@ async def test_a_spec_the_engine_failed_on_is_still_new(
         "/v1/chat/completions", json=schema_chat("a", FAIL_BEFORE), headers=auth(ci)
     )
     assert failed.status_code >= 500
-    # the engine failed before answering: it may still be compiling 'a'
-    assert state.grammars.compiling_for("ci") == 1
-    clock.now += UNKNOWN_COMPILE_S
+    # the engine answered (with an error): nothing left compiling, and 'a' is not cached
+    assert state.grammars.compiling_for("ci") == 0
     compiling = asyncio.create_task(
         http.post("/v1/chat/completions", json=schema_chat("b", HANG), headers=auth(ci))
     )
@@ -194,11 +193,19 @@ def test_what_the_engine_compiles(body: dict[str, Any], compiles: bool) -> None:
     assert (grammar_key(body, chat=True) is not None) is compiles
 
 
-def test_the_same_spec_has_one_key_whatever_the_key_order() -> None:
-    a = _chat(response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": {}}})
-    b = _chat(response_format={"json_schema": {"schema": {}, "name": "f"}, "type": "json_schema"})
-    c = _chat(response_format={"type": "json_schema", "json_schema": {"name": "g", "schema": {}}})
-    assert grammar_key(a, chat=True) == grammar_key(b, chat=True) != grammar_key(c, chat=True)
+def test_a_spec_is_keyed_as_the_engine_caches_it() -> None:
+    """Key order counts (the engine compiles the schema as sent, and property order changes
+    the grammar), and so does the model (each engine has its own cache)."""
+    ab = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}
+    ba = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}
+
+    def body(schema: dict[str, Any], model: str = MODEL) -> dict[str, Any]:
+        fmt = {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}}
+        return _chat(response_format=fmt) | {"model": model}
+
+    assert grammar_key(body(ab), chat=True) == grammar_key(body(ab), chat=True)
+    assert grammar_key(body(ab), chat=True) != grammar_key(body(ba), chat=True)
+    assert grammar_key(body(ab), chat=True) != grammar_key(body(ab, "other"), chat=True)
 
 
 def test_the_gate_forgets_the_least_recently_used_spec() -> None:
@@ -251,4 +258,18 @@ def test_a_compilation_whose_request_went_away_still_counts() -> None:
     assert gate.compiling_for("t") == 0
     with gate.compiling("t", "d", 1):
         pass  # refused before the engine call (quota): nothing left compiling
+    assert gate.compiling_for("t") == 0
+
+
+def test_a_hold_is_timed_from_the_engine_call_and_capped() -> None:
+    now = [0.0]
+    gate = GrammarGate(clock=lambda: now[0])
+    with gate.compiling("t", "slow", 1) as slot:
+        now[0] += 50.0  # admission and a model starting from zero: not compile time
+        slot.sent()
+        now[0] += 100.0
+        slot.compiled(first_chunk=True)
+    with gate.compiling("t", "gone", 1) as slot:
+        slot.sent()
+    now[0] += MAX_HOLD_S
     assert gate.compiling_for("t") == 0
