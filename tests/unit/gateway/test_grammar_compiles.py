@@ -15,6 +15,7 @@ from llmplat.errors import RateLimited
 from llmplat.gateway.grammars import MAX_HOLD_S, UNKNOWN_COMPILE_S, GrammarGate, grammar_key
 from llmplat.gateway.state import GatewayState
 from support import MODEL, auth, with_gateway
+from support.teams import team_key
 
 
 def schema_chat(salt: str, content: str = "fill the form") -> dict[str, Any]:
@@ -48,17 +49,6 @@ def state(gateway, monkeypatch: pytest.MonkeyPatch, clock: Clock) -> GatewayStat
     return state
 
 
-async def team_key(state: GatewayState, key_store: FileKeyStore, team: str, **fields: Any) -> str:
-    admin = KeyAdmin(key_store)
-    admin.create_team({"name": team, **fields})
-    issued = admin.create_key(team, name="test")
-    deadline = asyncio.get_running_loop().time() + 5
-    while issued.record.key_id not in state.authenticator.registry.keys:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
-    return issued.plaintext
-
-
 async def until(condition) -> None:
     deadline = asyncio.get_running_loop().time() + 5
     while not condition():
@@ -72,8 +62,8 @@ async def test_a_teams_second_new_grammar_waits_for_its_first(
     """While a team's new schema compiles (the engine has not answered), its next new
     schema is a 429 naming the bound; the same schema again, and another team's new
     schema, are served; once the first is compiled the team may compile another."""
-    ci = await team_key(state, key_store, "ci")
-    ide = await team_key(state, key_store, "ide")
+    ci = await team_key(KeyAdmin(key_store), state, "ci")
+    ide = await team_key(KeyAdmin(key_store), state, "ide")
     engine = state.backends[MODEL].engine
     compiling = asyncio.create_task(
         http.post("/v1/chat/completions", json=schema_chat("a", HANG), headers=auth(ci))
@@ -112,7 +102,7 @@ async def test_a_teams_second_new_grammar_waits_for_its_first(
 async def test_a_compiled_spec_is_not_counted_again(
     http: httpx.AsyncClient, state: GatewayState, key_store: FileKeyStore
 ) -> None:
-    ci = await team_key(state, key_store, "ci")
+    ci = await team_key(KeyAdmin(key_store), state, "ci")
     assert (
         await http.post("/v1/chat/completions", json=schema_chat("a"), headers=auth(ci))
     ).status_code == 200
@@ -131,7 +121,7 @@ async def test_a_compiled_spec_is_not_counted_again(
 async def test_a_spec_the_engine_failed_on_is_still_new(
     http: httpx.AsyncClient, state: GatewayState, key_store: FileKeyStore, clock: Clock
 ) -> None:
-    ci = await team_key(state, key_store, "ci")
+    ci = await team_key(KeyAdmin(key_store), state, "ci")
     failed = await http.post(
         "/v1/chat/completions", json=schema_chat("a", FAIL_BEFORE), headers=auth(ci)
     )
@@ -151,7 +141,9 @@ async def test_a_spec_the_engine_failed_on_is_still_new(
 async def test_a_team_may_be_allowed_more(
     http: httpx.AsyncClient, state: GatewayState, key_store: FileKeyStore
 ) -> None:
-    roomy = await team_key(state, key_store, "roomy", input_bounds={"grammar_compiles": 2})
+    roomy = await team_key(
+        KeyAdmin(key_store), state, "roomy", input_bounds={"grammar_compiles": 2}
+    )
     compiling = asyncio.create_task(
         http.post("/v1/chat/completions", json=schema_chat("a", HANG), headers=auth(roomy))
     )

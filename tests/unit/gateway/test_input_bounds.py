@@ -18,6 +18,7 @@ from llmplat.gateway.bounds import check_input_bounds
 from llmplat.gateway.errors import InvalidRequest
 from llmplat.settings import InputBounds
 from support import MODEL, auth
+from support.teams import team_key
 
 TIGHT = InputBounds(
     schema_bytes=400,
@@ -314,23 +315,13 @@ async def test_schema_bounds_count_every_schema_of_a_request_together(gateway, r
 # --- per-team overrides -----------------------------------------------------------------
 
 
-async def _key_for(admin: KeyAdmin, state, team: str, **fields: Any) -> str:
-    admin.create_team({"name": team, **fields})
-    issued = admin.create_key(team, name="test")
-    deadline = asyncio.get_running_loop().time() + 5
-    while issued.record.key_id not in state.authenticator.registry.keys:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
-    return issued.plaintext
-
-
 async def test_a_team_override_lowers_or_raises_a_bound(
     gateway, http: httpx.AsyncClient, key_store: FileKeyStore, engine
 ) -> None:
     state = gateway.state.gateway
     admin = KeyAdmin(key_store)
-    strict = await _key_for(admin, state, "strict", input_bounds={"stop_count": 1})
-    roomy = await _key_for(admin, state, "roomy", input_bounds={"schema_properties": 2000})
+    strict = await team_key(admin, state, "strict", input_bounds={"stop_count": 1})
+    roomy = await team_key(admin, state, "roomy", input_bounds={"schema_properties": 2000})
     two_stops = chat(stop=["a", "b"])
     assert (await http.post(two_stops[0], json=two_stops[1], headers=auth())).status_code == 200
     r = await http.post(two_stops[0], json=two_stops[1], headers=auth(strict))

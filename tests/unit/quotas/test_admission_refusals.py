@@ -23,27 +23,24 @@ def service() -> QuotaService:
     return QuotaService(MemoryQuotaStore(), clock=lambda: T0)
 
 
-async def test_a_team_limit_names_the_team() -> None:
+@pytest.mark.parametrize(
+    ("limits", "prefix"),
+    [
+        (
+            "team_limits",
+            "Rate limit reached for team 'ide' on requests per minute: limit 1, used 1, "
+            "requested 1. Retry after ",
+        ),
+        ("key_limits", "Rate limit reached for key 'k1' on requests per minute: "),
+    ],
+)
+async def test_a_refusal_names_the_scope_whose_limit_it_is(limits: str, prefix: str) -> None:
     quotas = service()
-    ide = Principal("ide", "k1", team_limits=Limits(requests_per_minute=1))
+    ide = Principal("ide", "k1", **{limits: Limits(requests_per_minute=1)})
     await quotas.admit(ide, 10)
     with pytest.raises(RateLimited) as info:
         await quotas.admit(ide, 10)
-    assert info.value.message.startswith(
-        "Rate limit reached for team 'ide' on requests per minute: limit 1, used 1, "
-        "requested 1. Retry after "
-    ), info.value.message
-
-
-async def test_a_key_limit_names_the_key() -> None:
-    quotas = service()
-    ide = Principal("ide", "k1", key_limits=Limits(requests_per_minute=1))
-    await quotas.admit(ide, 10)
-    with pytest.raises(RateLimited) as info:
-        await quotas.admit(ide, 10)
-    assert info.value.message.startswith(
-        "Rate limit reached for key 'k1' on requests per minute: "
-    ), info.value.message
+    assert info.value.message.startswith(prefix), info.value.message
 
 
 async def test_a_request_over_a_team_limit_never_fits() -> None:
