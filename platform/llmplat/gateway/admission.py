@@ -8,6 +8,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,7 +89,7 @@ class QuotaService:
         self._exhausted: dict[str, tuple[str, float]] = {}
         """scope → (reason, until): a requests-per-minute or concurrency limit this replica
         recently found reached (see ``precheck``)."""
-        self._receiving: dict[str, int] = {}
+        self._receiving: Counter[str] = Counter()
         """scope → requests of that scope between authentication and admission here."""
         self.store = store
         self.fail_open = fail_open
@@ -161,20 +162,18 @@ class QuotaService:
         scopes = [s for s in scopes_of(principal) if s.limits.concurrent_requests is not None]
         for scope in scopes:
             limit = scope.limits.concurrent_requests or 0
-            waiting = self._receiving.get(scope.name, 0)
+            waiting = self._receiving[scope.name]
             if waiting >= limit:
                 exc = QuotaExceeded(scope.name, "concurrent_requests", limit, waiting, 1, 1.0)
                 raise _refusal(exc, principal)
         for scope in scopes:
-            self._receiving[scope.name] = self._receiving.get(scope.name, 0) + 1
+            self._receiving[scope.name] += 1
         try:
             yield
         finally:
             for scope in scopes:
-                left = self._receiving[scope.name] - 1
-                if left:
-                    self._receiving[scope.name] = left
-                else:
+                self._receiving[scope.name] -= 1
+                if not self._receiving[scope.name]:
                     del self._receiving[scope.name]
 
     async def renew(self, admitted: Admitted) -> None:

@@ -19,7 +19,7 @@ import hashlib
 import heapq
 import json
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +103,7 @@ class GrammarGate:
         self._clock = clock
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._compiling: dict[str, _Compiling] = {}
-        self._per_team: dict[str, int] = {}
+        self._per_team: Counter[str] = Counter()
         self._orphans: list[tuple[float, str]] = []
         """(until, team): compilations whose request went away before the engine answered.
         The engine cannot interrupt a compilation, so it still counts for its team."""
@@ -125,7 +125,7 @@ class GrammarGate:
         entry = self._compiling.get(key)
         if entry is None:
             self._expire_orphans()
-            if self._per_team.get(team, 0) >= limit:
+            if self._per_team[team] >= limit:
                 raise RateLimited(
                     f"Team '{team}' already has {limit} new grammar(s) (a JSON schema, regex, "
                     "grammar or choice list the engine has not compiled yet) being compiled "
@@ -135,7 +135,7 @@ class GrammarGate:
                     headers={"Retry-After": "1"},
                 )
             entry = self._compiling[key] = _Compiling(team)
-            self._per_team[team] = self._per_team.get(team, 0) + 1
+            self._per_team[team] += 1
         entry.requests += 1
         try:
             yield slot
@@ -150,12 +150,12 @@ class GrammarGate:
     def compiling_for(self, team: str) -> int:
         """New specs of ``team`` compiling on this replica now (orphans included)."""
         self._expire_orphans()
-        return self._per_team.get(team, 0)
+        return self._per_team[team]
 
     def _orphan(self, team: str) -> None:
         hold = min(max(self._durations.get(team, ()), default=UNKNOWN_COMPILE_S), MAX_HOLD_S)
         heapq.heappush(self._orphans, (self._clock() + hold, team))
-        self._per_team[team] = self._per_team.get(team, 0) + 1
+        self._per_team[team] += 1
 
     def _expire_orphans(self) -> None:
         now = self._clock()
@@ -164,10 +164,8 @@ class GrammarGate:
             self._drop(team)
 
     def _drop(self, team: str) -> None:
-        left = self._per_team[team] - 1
-        if left:
-            self._per_team[team] = left
-        else:
+        self._per_team[team] -= 1
+        if not self._per_team[team]:
             del self._per_team[team]
 
     def _release(self, key: str, compiled: bool) -> None:
